@@ -1,0 +1,75 @@
+"""The hooks a Byzantine behaviour can override. The honest `Behaviour` is the identity on all of them.
+
+A Byzantine peer runs the same `Peer` round loop as an honest one; only these hooks differ:
+- `poison_labels`: data-level attacks, applied once to the peer's local training labels;
+- `outgoing`: what to send to one recipient in one gossip step (model- and network-level attacks);
+- `waits_for_honest`: if True, the peer first collects this step's updates from its neighbours (and, when
+  colluding, the other attackers' observations), so that omniscient attacks can use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from p2pfed.types import FloatMatrix, FloatVector
+
+
+@dataclass
+class Collusion:
+    """A board shared by colluding attackers in one simulation: the honest vectors any of them received."""
+
+    honest: dict[tuple[int, int], dict[str, FloatVector]] = field(default_factory=dict)
+
+    def post(self, round: int, step: int, vectors: dict[str, FloatVector]) -> None:
+        self.honest.setdefault((round, step), {}).update(vectors)
+
+    def seen(self, round: int, step: int) -> FloatMatrix | None:
+        got = self.honest.get((round, step))
+        if not got:
+            return None
+        return np.stack([got[k] for k in sorted(got)])
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to send: a vector signed for the claimed (round, step), or raw bytes sent verbatim."""
+
+    vector: FloatVector | None = None
+    round: int | None = None  # None = the current round
+    step: int | None = None  # None = the current step
+    raw: bytes | None = None  # replay: an old signed envelope, sent as is
+
+
+@dataclass(frozen=True)
+class AttackContext:
+    round: int
+    step: int
+    recipient: str  # peer ID this message is for
+    own: FloatVector  # the attacker's own vector after local training (on its possibly poisoned data)
+    received: FloatMatrix  # (n, d) what the attacker received this step (empty (0, d) unless waits_for_honest)
+    senders: tuple[str, ...]
+    colluders: frozenset[str]  # peer IDs of all attackers in the same collusion (Sybil identities included)
+    honest_seen: FloatMatrix | None  # union of honest vectors all colluders received this step (omniscient)
+    sent_history: Sequence[tuple[int, int, bytes]]  # (round, step, envelope) this peer sent before
+    received_history: Sequence[tuple[int, int, str, FloatVector]]  # (round, step, sender, vector) received before
+    rng: np.random.Generator
+
+
+class Behaviour:
+    """Honest behaviour. Subclass and override hooks to build an attack (see p2pfed.attacks)."""
+
+    name = "honest"
+    waits_for_honest = False
+
+    def poison_labels(
+        self, labels: npt.NDArray[np.int64], num_classes: int, rng: np.random.Generator
+    ) -> npt.NDArray[np.int64]:
+        return labels
+
+    def outgoing(self, ctx: AttackContext) -> Outgoing | None:
+        """What to send to `ctx.recipient`; None sends nothing (a silent peer)."""
+        return Outgoing(vector=ctx.own)

@@ -1,0 +1,1 @@
+"""The round loop of one peer (trio): train → gossip Q steps → defend → mix → remember."""

@@ -1,0 +1,42 @@
+"""One peer's view of the shared model: its own shard, its validation split, its (possibly poisoned) labels.
+
+The frozen base lives once per process in a `TaskModel`; a `LocalModel` only holds index arrays, so a
+simulation of many peers costs one model plus a flat vector per peer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from p2pfed.config import GossipConfig
+from p2pfed.learn import EvalResult, TaskModel
+from p2pfed.types import FloatMatrix, FloatVector
+
+
+@dataclass
+class LocalModel:
+    model: TaskModel
+    train_indices: npt.NDArray[np.int64]
+    val_indices: npt.NDArray[np.int64]
+    gossip: GossipConfig
+    labels: npt.NDArray[np.int64] | None = None  # overrides the true training labels (label-flip attacks)
+
+    def train(self, vector: FloatVector, rng: np.random.Generator) -> tuple[FloatVector, float]:
+        return self.model.train(
+            vector,
+            self.train_indices,
+            steps=self.gossip.local_steps,
+            lr=self.gossip.lr,
+            rho=self.gossip.rho,
+            rng=rng,
+            labels=self.labels,
+        )
+
+    def validation_scores(self, vectors: FloatMatrix) -> FloatMatrix:
+        return self.model.score(vectors, self.val_indices)
+
+    def evaluate(self, vector: FloatVector) -> EvalResult:
+        return self.model.evaluate(vector)

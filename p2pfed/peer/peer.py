@@ -1,0 +1,353 @@
+"""The round loop of one peer: train → gossip Q steps (send, collect, verify, defend, mix) → remember.
+
+The same `Peer` runs in `p2pfed sim` (memory transport, many peers per process) and in `p2pfed join`
+(libp2p transport, one peer per process). Blocking torch work runs in worker threads behind a shared
+capacity limiter, so gossip keeps flowing while a peer trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import trio
+
+from p2pfed.attacks.base import AttackContext, Behaviour, Collusion, Outgoing
+from p2pfed.config import GossipConfig
+from p2pfed.net.transport import Delivery, Transport
+from p2pfed.peer.checkpoint import Checkpoint, save_checkpoint
+from p2pfed.peer.local import LocalModel
+from p2pfed.peer.topology import metropolis_row, renormalize
+from p2pfed.robust.base import Defence, DefenceInput
+from p2pfed.robust.reputation import ReputationTable
+from p2pfed.types import FloatVector, Outcome, Verdict
+from p2pfed.wire import Accepted, Admission, Identity, Inbox, Limits, RejectReason, Schema, open_envelope, seal
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+BlockingRunner = Callable[..., Awaitable[Any]]
+"""How the peer runs blocking work: in a worker thread by default; inline in deterministic tests."""
+
+TENSOR = "adapter"  # the single tensor name of the flat vector in an envelope's payload
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What a peer reports at the end of each round (metrics, consensus distance, plots)."""
+
+    round: int
+    peer: str
+    index: int
+    byzantine: bool
+    vector: FloatVector
+    train_loss: float
+    accuracy: float | None
+    loss: float | None
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    outcomes: dict[str, int]  # verdict outcome -> count, this round
+    rejections: dict[str, int]  # rejection reason -> count, cumulative
+    reputation: dict[str, float]
+
+
+@dataclass
+class _StepBuffer:
+    updates: dict[str, FloatVector] = field(default_factory=dict)
+    equivocated: set[str] = field(default_factory=set)
+    invalid: set[str] = field(default_factory=set)
+
+
+class Peer:
+    def __init__(
+        self,
+        *,
+        index: int,
+        identity: Identity,
+        transport: Transport,
+        local: LocalModel,
+        run_digest: bytes,
+        schema: Schema,
+        neighbour_degrees: dict[str, int],
+        gossip: GossipConfig,
+        defence: Defence,
+        initial: FloatVector,
+        seed: int,
+        compute: trio.CapacityLimiter,
+        behaviour: Behaviour | None = None,
+        collusion: Collusion | None = None,
+        colluders: frozenset[str] = frozenset(),
+        reputation: ReputationTable | None = None,
+        on_round: Callable[[RoundReport], None] | None = None,
+        evaluate_every: int = 1,
+        checkpoint_dir: Path | None = None,
+        start_round: int = 0,
+        run_blocking: BlockingRunner | None = None,
+    ) -> None:
+        self.index = index
+        self.identity = identity
+        self.transport = transport
+        self.local = local
+        self.run_digest = run_digest
+        self.schema = schema
+        self.neighbour_degrees = dict(neighbour_degrees)
+        self.gossip = gossip
+        self.defence = defence
+        self.vector = initial.astype(np.float32, copy=True)
+        self.seed = seed
+        self.compute = compute
+        self.behaviour = behaviour or Behaviour()
+        self.byzantine = behaviour is not None and behaviour.name != "honest"
+        self.collusion = collusion
+        self.colluders = colluders
+        self.reputation = reputation or ReputationTable()
+        self.on_round = on_round
+        self.evaluate_every = evaluate_every
+        self.checkpoint_dir = checkpoint_dir
+        self.round = start_round
+        self.limits = Limits()
+        self.inbox = Inbox(window=gossip.round_window)
+        self.rejections: Counter[str] = Counter()
+        self._buffers: dict[tuple[int, int], _StepBuffer] = {}
+        self._arrival = trio.Event()
+        self._sent: deque[tuple[int, int, bytes]] = deque(maxlen=4 * max(1, gossip.gossip_steps))
+        self._received: deque[tuple[int, int, str, FloatVector]] = deque(maxlen=64)
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self.finished = trio.Event()
+        self._run_blocking = run_blocking or self._in_worker_thread
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def rng(self, *purpose: int) -> np.random.Generator:
+        """A generator seeded from the run seed, this peer's index and a purpose (round, step, ...)."""
+        return np.random.default_rng([self.seed, self.index, *purpose])
+
+    async def run(self, *, rounds: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive_loop)
+            task_status.started()
+            while self.round < rounds:
+                await self.run_round(self.round)
+                self.round += 1
+            self.finished.set()
+            nursery.cancel_scope.cancel()
+
+    async def run_round(self, rnd: int) -> None:
+        started = time.perf_counter()
+        sent0, received0 = self._bytes_sent, self._bytes_received
+        self.vector, train_loss = await self._blocking(self.local.train, self.vector, self.rng(rnd, 0))
+        outcomes: Counter[str] = Counter()
+        for step in range(self.gossip.gossip_steps):
+            verdicts = await self.gossip_step(rnd, step)
+            outcomes.update(v.outcome.value for v in verdicts)
+        self.reputation.end_round(rnd)
+        accuracy = loss = None
+        if not self.byzantine and self.evaluate_every and (rnd + 1) % self.evaluate_every == 0:
+            result = await self._blocking(self.local.evaluate, self.vector)
+            accuracy, loss = result.accuracy, result.loss
+        if self.checkpoint_dir is not None:
+            state = Checkpoint(round=rnd + 1, vector=self.vector, reputation=self.reputation.to_dict())
+            await self._blocking(save_checkpoint, self.checkpoint_dir, state)
+        self._forget_before(rnd + 1 - self.gossip.round_window)
+        self.inbox.advance(rnd + 1)
+        if self.on_round is not None:
+            self.on_round(
+                RoundReport(
+                    round=rnd,
+                    peer=self.peer_id,
+                    index=self.index,
+                    byzantine=self.byzantine,
+                    vector=self.vector.copy(),
+                    train_loss=train_loss,
+                    accuracy=accuracy,
+                    loss=loss,
+                    bytes_sent=self._bytes_sent - sent0,
+                    bytes_received=self._bytes_received - received0,
+                    seconds=time.perf_counter() - started,
+                    outcomes=dict(outcomes),
+                    rejections=dict(self.rejections),
+                    reputation=self.reputation.snapshot(),
+                )
+            )
+
+    async def gossip_step(self, rnd: int, step: int) -> list[Verdict]:
+        """Send our vector, collect our neighbours', defend and mix. Returns the verdicts for reputation."""
+        partners = [n for n in self.neighbour_degrees if not self.reputation.is_quarantined(n)]
+        if self.behaviour.waits_for_honest:
+            honest = [n for n in partners if n not in self.colluders]
+            await self.wait_updates(rnd, step, honest)
+            await self._send_all(rnd, step, partners)
+            if self.byzantine:  # an attacker does not mix; it keeps training its own model
+                return []
+        else:
+            await self._send_all(rnd, step, partners)
+        await self.wait_updates(rnd, step, partners)
+        return await self._defend_and_mix(rnd, step)
+
+    async def wait_updates(self, rnd: int, step: int, expected: list[str]) -> None:
+        """Return once every expected neighbour's update for (rnd, step) arrived, or the step deadline passed."""
+        with trio.move_on_after(self.gossip.step_timeout):
+            while True:
+                arrival = self._arrival
+                buffer = self._buffers.get((rnd, step))
+                settled = set() if buffer is None else set(buffer.updates) | buffer.equivocated
+                if all(n in settled for n in expected):
+                    return
+                await arrival.wait()
+
+    async def _send_all(self, rnd: int, step: int, partners: list[str]) -> None:
+        buffer = self._buffers.get((rnd, step), _StepBuffer())
+        senders = tuple(sorted(buffer.updates))
+        received = (
+            np.stack([buffer.updates[s] for s in senders])
+            if senders
+            else np.zeros((0, self.vector.size), dtype=np.float32)
+        )
+        if self.collusion is not None and self.behaviour.waits_for_honest:
+            self.collusion.post(rnd, step, {s: buffer.updates[s] for s in senders if s not in self.colluders})
+        honest_seen = self.collusion.seen(rnd, step) if self.collusion is not None else None
+        async with trio.open_nursery() as nursery:
+            for to in partners:
+                context = AttackContext(
+                    round=rnd,
+                    step=step,
+                    recipient=to,
+                    own=self.vector,
+                    received=received,
+                    senders=senders,
+                    colluders=self.colluders,
+                    honest_seen=honest_seen,
+                    sent_history=tuple(self._sent),
+                    received_history=tuple(self._received),
+                    rng=self.rng(rnd, step + 1, len(to)),
+                )
+                message = self.behaviour.outgoing(context)
+                if message is not None:
+                    nursery.start_soon(self._send_one, to, self._encode(rnd, step, message))
+
+    def _encode(self, rnd: int, step: int, message: Outgoing) -> bytes:
+        if message.raw is not None:
+            return message.raw
+        claimed_round = rnd if message.round is None else message.round
+        claimed_step = step if message.step is None else message.step
+        vector = self.vector if message.vector is None else message.vector
+        envelope = seal(
+            self.identity,
+            run_digest=self.run_digest,
+            round=claimed_round,
+            step=claimed_step,
+            tensors={TENSOR: np.ascontiguousarray(vector, dtype=np.float32)},
+        )
+        self._sent.append((claimed_round, claimed_step, envelope))
+        return envelope
+
+    async def _send_one(self, to: str, data: bytes) -> None:
+        with trio.move_on_after(self.gossip.step_timeout):
+            if await self.transport.send(to, data):
+                self._bytes_sent += len(data)
+                return
+        log.info("peer %d: could not deliver to %s", self.index, to[:16])
+
+    async def _receive_loop(self) -> None:
+        async for delivery in self.transport.incoming:
+            self._accept(delivery)
+            await trio.lowlevel.checkpoint()
+
+    def _accept(self, delivery: Delivery) -> None:
+        """Verify one delivery and file it under its (round, step); every rejection is logged and counted."""
+        self._bytes_received += len(delivery.data)
+        window = (self.round - self.gossip.round_window, self.round + self.gossip.round_window)
+        verdict = open_envelope(
+            delivery.data,
+            remote=delivery.remote,
+            run_digest=self.run_digest,
+            schema=self.schema,
+            limits=self.limits,
+            round_window=window,
+            now=time.time(),
+        )
+        if not isinstance(verdict, Accepted):
+            self._reject(delivery.remote, verdict.reason.value, verdict.detail)
+            late = verdict.reason in (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND)
+            if delivery.remote in self.neighbour_degrees and not late:
+                self._buffer_for_current().invalid.add(delivery.remote)
+            return
+        if verdict.sender not in self.neighbour_degrees:
+            self._reject(delivery.remote, "not_a_neighbour", "")
+            return
+        key = (verdict.round, verdict.step)
+        admission = self.inbox.admit(verdict.sender, verdict.round, verdict.step, verdict.payload_digest)
+        if admission is not Admission.NEW and admission is not Admission.EQUIVOCATION:
+            self._reject(delivery.remote, admission.value, f"round {verdict.round} step {verdict.step}")
+            return
+        buffer = self._buffers.setdefault(key, _StepBuffer())
+        if admission is Admission.EQUIVOCATION:
+            self._reject(delivery.remote, "equivocation", f"round {verdict.round} step {verdict.step}")
+            buffer.updates.pop(verdict.sender, None)
+            buffer.equivocated.add(verdict.sender)
+        elif verdict.sender not in buffer.equivocated:
+            vector = verdict.tensors[TENSOR]
+            buffer.updates[verdict.sender] = vector
+            self._received.append((verdict.round, verdict.step, verdict.sender, vector))
+        self._arrival.set()
+        self._arrival = trio.Event()
+
+    def _reject(self, remote: str, reason: str, detail: str) -> None:
+        self.rejections[reason] += 1
+        log.info("peer %d rejected a message from %s: %s %s", self.index, remote[:16], reason, detail)
+
+    def _buffer_for_current(self) -> _StepBuffer:
+        latest = max((k for k in self._buffers if k[0] == self.round), default=(self.round, 0))
+        return self._buffers.setdefault(latest, _StepBuffer())
+
+    async def _defend_and_mix(self, rnd: int, step: int) -> list[Verdict]:
+        buffer = self._buffers.get((rnd, step), _StepBuffer())
+        quarantined = [s for s in buffer.updates if self.reputation.is_quarantined(s)]
+        arrived = sorted(s for s in buffer.updates if s not in quarantined)
+        self_weight, weights = metropolis_row(len(self.neighbour_degrees), self.neighbour_degrees)
+        inp = DefenceInput(
+            own=self.vector,
+            received=(
+                np.stack([buffer.updates[s] for s in arrived])
+                if arrived
+                else np.zeros((0, self.vector.size), dtype=np.float32)
+            ),
+            senders=tuple(arrived),
+            mixing_weights=renormalize(self_weight, weights, arrived),
+            reputation=self.reputation.snapshot(),
+            evaluate=self.local.validation_scores,
+            rng=self.rng(rnd, step + 1, 7),
+        )
+        result = await self._blocking(self.defence, inp)
+        self.vector = result.mixed.astype(np.float32, copy=False)
+        verdicts = list(result.verdicts)
+        verdicts += [Verdict(s, Outcome.QUARANTINED, reason="reputation") for s in quarantined]
+        verdicts += [Verdict(s, Outcome.EQUIVOCATED, reason="two updates") for s in sorted(buffer.equivocated)]
+        verdicts += [Verdict(s, Outcome.INVALID, reason="failed verification") for s in sorted(buffer.invalid)]
+        seen = {v.sender for v in verdicts}
+        verdicts += [
+            Verdict(s, Outcome.MISSING, reason="not in time") for s in self.neighbour_degrees if s not in seen
+        ]
+        self.reputation.update(verdicts, rnd)
+        return verdicts
+
+    def _forget_before(self, rnd: int) -> None:
+        for key in [k for k in self._buffers if k[0] < rnd]:
+            del self._buffers[key]
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._run_blocking(fn, *args)
+
+    async def _in_worker_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking torch work runs in a worker thread, one job at a time per compute limiter."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.compute)

@@ -1,0 +1,36 @@
+"""What a defence is: a function from what one honest peer received in one gossip step to its new vector."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from p2pfed.types import DefenceResult, FloatMatrix, FloatVector
+
+Evaluator = Callable[[FloatMatrix], FloatMatrix]
+"""Scores candidate vectors on the peer's local validation split.
+
+Takes (m, d) stacked vectors and returns (m, c) scores, higher is better: per-class F1 for
+classification (c = number of classes), or minus the loss for instruction data (c = 1).
+"""
+
+
+@dataclass(frozen=True)
+class DefenceInput:
+    own: FloatVector  # (d,) this peer's current vector
+    received: FloatMatrix  # (n, d) neighbours' vectors that passed verification and arrived in time
+    senders: tuple[str, ...]  # n peer IDs, aligned with the rows of `received`
+    mixing_weights: FloatVector  # (n + 1,) Metropolis-Hastings weights, [self, *senders], renormalized to sum to 1
+    reputation: Mapping[str, float]  # sender -> reputation in [0, 1]; senders absent from it are new
+    evaluate: Evaluator | None  # None when no validation data is available (baselines ignore it)
+    rng: np.random.Generator  # seeded per (peer, round, step)
+    round: int = 0  # the current round; time-dependent rules (BALANCE) use it
+
+
+class Defence(Protocol):
+    name: str
+
+    def __call__(self, inp: DefenceInput) -> DefenceResult: ...

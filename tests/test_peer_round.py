@@ -1,0 +1,233 @@
+"""The Peer round loop over the memory transport, with a tiny fake model so every test is instant.
+
+Time is virtual (trio's autojump clock) and blocking work runs inline, so deadlines are exact and nothing
+sleeps for real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trio
+import trio.testing
+
+from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
+from p2pfed.config import GossipConfig
+from p2pfed.net.memory import MemoryNetwork
+from p2pfed.peer.checkpoint import load_checkpoint
+from p2pfed.peer.peer import TENSOR, Peer, RoundReport
+from p2pfed.peer.topology import build_topology
+from p2pfed.robust.mean import Mean
+from p2pfed.wire import Identity, Schema, seal
+
+DIM = 3
+RUN = b"r" * 32
+TIMEOUT = 30.0
+
+
+@dataclass
+class Eval:
+    accuracy: float
+    loss: float
+
+
+@dataclass
+class FakeLocal:
+    """Training pulls the vector halfway to a private target; accuracy is closeness to the global optimum."""
+
+    target: np.ndarray
+
+    def train(self, vector: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        new = (vector + 0.5 * (self.target - vector)).astype(np.float32)
+        return new, float(np.linalg.norm(new - self.target))
+
+    def validation_scores(self, vectors: np.ndarray) -> np.ndarray:
+        return -np.linalg.norm(vectors - self.target, axis=1, keepdims=True).astype(np.float32)
+
+    def evaluate(self, vector: np.ndarray) -> Eval:
+        loss = float(np.linalg.norm(vector))
+        return Eval(accuracy=1.0 / (1.0 + loss), loss=loss)
+
+
+async def inline(fn, *args):  # type: ignore[no-untyped-def]
+    return fn(*args)
+
+
+class Silent(Behaviour):
+    name = "silent"
+
+    def outgoing(self, ctx: AttackContext) -> Outgoing | None:
+        return None
+
+
+@dataclass
+class Net:
+    peers: list[Peer]
+    network: MemoryNetwork
+    reports: list[RoundReport]
+    ids: list[str]
+
+
+def build(n: int = 6, *, behaviours: dict[int, Behaviour] | None = None, rounds: int = 3, q: int = 2,
+          checkpoint_dir=None) -> Net:  # type: ignore[no-untyped-def]
+    adjacency = build_topology("ring", n)
+    identities = [Identity.for_peer(11, i) for i in range(n)]
+    ids = [identity.peer_id for identity in identities]
+    network = MemoryNetwork(seed=11)
+    gossip = GossipConfig(rounds=rounds, gossip_steps=q, step_timeout=TIMEOUT)
+    targets = np.random.default_rng(0).normal(size=(n, DIM)).astype(np.float32)
+    targets -= targets.mean(axis=0)  # the global optimum (mean of targets) is 0
+    reports: list[RoundReport] = []
+    peers = [
+        Peer(
+            index=i,
+            identity=identities[i],
+            transport=network.add(ids[i], [ids[j] for j in adjacency[i]]),
+            local=FakeLocal(targets[i]),  # type: ignore[arg-type]
+            run_digest=RUN,
+            schema=Schema.from_tensors({TENSOR: np.zeros(DIM, np.float32)}),
+            neighbour_degrees={ids[j]: len(adjacency[j]) for j in adjacency[i]},
+            gossip=gossip,
+            defence=Mean(),
+            initial=np.ones(DIM, np.float32),
+            seed=11,
+            compute=trio.CapacityLimiter(1),
+            behaviour=(behaviours or {}).get(i),
+            on_round=reports.append,
+            checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / f"peer-{i}",
+            run_blocking=inline,
+        )
+        for i in range(n)
+    ]
+    return Net(peers, network, reports, ids)
+
+
+def run(net: Net, rounds: int, *, before=None) -> float:  # type: ignore[no-untyped-def]
+    """Runs all peers to completion on a virtual clock; returns the virtual seconds it took."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+
+    async def main() -> float:
+        async with trio.open_nursery() as nursery:
+            for peer in net.peers:
+                await nursery.start(lambda task_status, p=peer: p.run(rounds=rounds, task_status=task_status))
+            if before is not None:
+                await before(net)
+        return trio.current_time()
+
+    return trio.run(main, clock=clock)
+
+
+def spread(vectors: list[np.ndarray]) -> float:
+    stacked = np.stack(vectors)
+    return float(np.linalg.norm(stacked - stacked.mean(axis=0), axis=1).max())
+
+
+def test_honest_peers_converge_to_the_global_optimum() -> None:
+    net = build(rounds=8, q=3)
+    run(net, 8)
+    final = [p.vector for p in net.peers]
+    assert spread(final) < 0.35  # consensus despite different private targets
+    assert float(np.linalg.norm(np.mean(final, axis=0))) < 0.05  # mean of private optima
+    first = [r for r in net.reports if r.round == 0]
+    assert all(r.outcomes == {"kept": 2 * 3} for r in first)  # 2 ring neighbours × Q=3, all verified and kept
+    assert all(p.rejections == {} for p in net.peers)
+    assert all(r.bytes_sent > 0 and r.bytes_received == r.bytes_sent for r in first)
+
+
+def test_more_gossip_steps_give_closer_consensus() -> None:
+    one, four = build(q=1), build(q=4)
+    run(one, 3)
+    run(four, 3)
+    assert spread([p.vector for p in four.peers]) < 0.5 * spread([p.vector for p in one.peers])
+
+
+def test_same_seed_gives_identical_vectors() -> None:
+    a, b = build(), build()
+    run(a, 3)
+    run(b, 3)
+    for pa, pb in zip(a.peers, b.peers, strict=True):
+        assert np.array_equal(pa.vector, pb.vector)
+
+
+def test_a_silent_neighbour_costs_one_deadline_per_step_and_is_reported_missing() -> None:
+    net = build(behaviours={2: Silent()}, rounds=2, q=2)
+    elapsed = run(net, 2)
+    assert TIMEOUT * 2 * 2 <= elapsed < TIMEOUT * 2 * 2 + 1  # 2 rounds × Q=2 deadlines, no more
+    neighbour = net.peers[1]
+    assert neighbour.reputation.score(net.ids[2]) < neighbour.reputation.score(net.ids[0])
+    assert all(r.outcomes.get("missing", 0) == 2 for r in net.reports if r.index in (1, 3))
+
+
+def test_hostile_bytes_from_a_stranger_are_rejected_and_change_nothing() -> None:
+    clean = build(rounds=2)
+    run(clean, 2)
+
+    stranger = Identity.for_peer(99, 0)
+    net = build(rounds=2)
+    ids = net.ids
+    zeros = np.zeros(DIM, np.float32)
+
+    async def attack(net: Net) -> None:
+        as_neighbour = seal(stranger, run_digest=RUN, round=0, step=0, tensors={TENSOR: zeros})
+        wrong_run = seal(stranger, run_digest=b"x" * 32, round=0, step=0, tensors={TENSOR: zeros})
+        nan = seal(stranger, run_digest=RUN, round=0, step=0, tensors={TENSOR: np.full(DIM, np.nan, np.float32)})
+        wrong_shape = seal(stranger, run_digest=RUN, round=0, step=0, tensors={TENSOR: np.zeros(DIM + 1, np.float32)})
+        impersonating = seal(Identity.for_peer(11, 1), run_digest=RUN, round=0, step=0, tensors={TENSOR: zeros})
+        for data in [b"\x00garbage" * 10, impersonating, wrong_run, nan, wrong_shape, as_neighbour]:
+            net.network._put(stranger.peer_id, ids[0], data)
+
+    run(net, 2, before=attack)
+    rejections = net.peers[0].rejections
+    assert rejections == {
+        "malformed": 1, "impersonation": 1, "wrong_run": 1, "non_finite": 1, "wrong_schema": 1, "not_a_neighbour": 1,
+    }
+    for pc, pv in zip(clean.peers, net.peers, strict=True):
+        assert np.array_equal(pc.vector, pv.vector)
+
+
+def test_a_neighbour_sending_invalid_updates_loses_reputation() -> None:
+    net = build(rounds=1, q=1)
+    liar = Identity.for_peer(11, 1)
+
+    async def garbage(net: Net) -> None:
+        net.network._put(liar.peer_id, net.ids[0], b"not an envelope")
+
+    run(net, 1, before=garbage)
+    victim = net.peers[0]
+    assert victim.rejections == {"malformed": 1}
+    assert victim.reputation.score(liar.peer_id) < victim.reputation.score(net.ids[-1])
+
+
+def test_equivocation_drops_both_updates_and_hits_reputation() -> None:
+    net = build(rounds=1, q=1)
+    liar = Identity.for_peer(11, 1)
+
+    async def equivocate(net: Net) -> None:
+        for value in (5.0, -5.0):
+            data = seal(liar, run_digest=RUN, round=0, step=0, tensors={TENSOR: np.full(DIM, value, np.float32)})
+            net.network._put(liar.peer_id, net.ids[0], data)
+
+    run(net, 1, before=equivocate)
+    victim = net.peers[0]
+    assert victim.rejections["equivocation"] >= 1
+    report = next(r for r in net.reports if r.index == 0)
+    assert report.outcomes.get("equivocated") == 1
+    assert victim.reputation.score(liar.peer_id) < victim.reputation.score(net.ids[-1])
+    assert np.abs(victim.vector).max() < 2.0  # neither ±5 vector was mixed in
+
+
+def test_checkpoint_written_every_round(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    net = build(rounds=2, checkpoint_dir=tmp_path)
+    run(net, 2)
+    for peer in net.peers:
+        state = load_checkpoint(tmp_path / f"peer-{peer.index}")
+        assert state is not None and state.round == 2
+        assert np.array_equal(state.vector, peer.vector)
+
+
+def test_reports_carry_reputation_of_neighbours() -> None:
+    net = build(rounds=2)
+    run(net, 2)
+    last = [r for r in net.reports if r.round == 1]
+    assert all(set(r.reputation) == set(net.peers[r.index].neighbour_degrees) for r in last)
