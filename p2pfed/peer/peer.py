@@ -327,6 +327,7 @@ class Peer:
             reputation=self.reputation.snapshot(),
             evaluate=self.local.validation_scores,
             rng=self.rng(rnd, step + 1, 7),
+            round=rnd,
         )
         result = await self._blocking(self.defence, inp)
         self.vector = result.mixed.astype(np.float32, copy=False)

@@ -31,6 +31,7 @@ class DefenceInput:
 
 
 class Defence(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only, so frozen dataclasses qualify
 
     def __call__(self, inp: DefenceInput) -> DefenceResult: ...

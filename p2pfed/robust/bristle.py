@@ -1,0 +1,206 @@
+"""Bristle-style defence (Verbraeken, de Vos & Pouwelse, 2021), p2pfed's default, with reputation.
+
+One gossip step of an honest peer i, on what arrived from its neighbours:
+
+1. **Reputation gate.** Senders whose reputation is below `quarantine_below` are QUARANTINED.
+2. **Distance prioritizer** (cheap, O(n·d)). Rank candidates by ‖x_j − x_i‖; keep the `keep` nearest, except
+   those beyond `far_factor` × the lower-median distance; then draw `explore` of the rest at random, so
+   that a useful but different (non-IID) peer is not starved. Everyone else is DROPPED ("far").
+3. **Performance integrator** (one `evaluate` call on [own, *kept] stacked). Per class c, the candidate's
+   improvement Δ_jc = score_jc − score_ic. Classes we already know are those where our score is within
+   `known_gap` of our best class; a candidate whose mean Δ over them is below −`margin` is DROPPED:
+   "harmful on validation" when it is also an outlier among the candidates (below their median Δ, capped
+   at 0, by more than max(`harm_margin`, `harm_factor` × their robust spread): strong evidence for the
+   reputation table), else "worse on validation" (honest neighbours land there now and then on a noisy
+   validation split; a mild reputation cost). The others get a performance weight
+   1 + `boost` · mean_c max(0, Δ_jc), capped at `max_boost`: candidates that are better where we are
+   weak count more (Bristle's per-class view).
+4. **Mix.** x_i ← Σ_j w_j x_j over [self, *kept] with w_j ∝ MH weight × performance weight × reputation
+   (our own vector counts 1 × 1); newcomers (reputation below `newcomer_below`) together get at most
+   `newcomer_cap` of the mix. The weights are non-negative and sum to 1: a convex combination.
+
+Without `evaluate` (no validation data) step 3 is skipped and nothing is explored: distance only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from p2pfed.robust import reasons
+from p2pfed.robust._common import result, screen
+from p2pfed.robust.base import DefenceInput, Evaluator
+from p2pfed.robust.reputation import DEFAULT_PRIOR
+from p2pfed.types import DefenceResult, FloatMatrix, FloatVector, Outcome, Verdict
+
+log = logging.getLogger(__name__)
+
+Floats = npt.NDArray[np.float64]
+Indices = npt.NDArray[np.intp]
+
+
+def prioritize(
+    distances: Floats, keep: int, explore: int, far_factor: float, rng: np.random.Generator | None
+) -> tuple[Indices, Indices]:
+    """(kept, dropped) indices: the `keep` nearest within `far_factor` × lower-median distance, plus
+    `explore` random others when `rng` is given."""
+    n = distances.size
+    if n == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    order = np.argsort(distances, kind="stable")
+    scale = distances[order[(n - 1) // 2]]
+    limit = far_factor * scale if scale > 0 else np.inf
+    nearest = order[:keep]
+    kept = nearest[distances[nearest] <= limit]
+    rest = np.setdiff1d(order, kept, assume_unique=True)
+    if rng is not None and explore > 0 and rest.size:
+        explored = rng.choice(rest, size=min(explore, rest.size), replace=False)
+        kept = np.concatenate([kept, np.sort(explored)])
+        rest = np.setdiff1d(rest, explored, assume_unique=True)
+    return kept, rest
+
+
+def integrate(
+    scores: FloatMatrix,
+    *,
+    margin: float,
+    harm_margin: float,
+    harm_factor: float,
+    known_gap: float,
+    boost: float,
+    max_boost: float,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats]:
+    """From (1 + k, c) validation scores of [own, *candidates]:
+    (worse mask, harmful mask, performance weight, evidence score)."""
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    delta = np.nan_to_num(s[1:] - s[0], nan=0.0)  # both -inf: no difference
+    known = s[0] >= s[0].max() - known_gap
+    known_delta = delta[:, known].mean(axis=1)
+    worse = known_delta < -margin
+    harmful = known_delta < harm_threshold(known_delta, harm_margin, harm_factor)
+    gain = np.clip(delta, 0.0, None).mean(axis=1)
+    perf = np.minimum(max_boost, 1.0 + boost * gain)
+    evidence = np.where(worse, known_delta, delta.mean(axis=1))
+    return worse, harmful, perf, evidence
+
+
+def harm_threshold(known_delta: Floats, harm_margin: float, harm_factor: float) -> float:
+    """Below this a candidate is an outlier: under the candidates' median Δ (if at least three, and
+    never above 0) by more than max(harm_margin, harm_factor × robust spread of Δ)."""
+    finite = known_delta[np.isfinite(known_delta)]
+    if finite.size < 3:
+        return -harm_margin
+    centre = float(np.median(finite))
+    spread = 1.4826 * float(np.median(np.abs(finite - centre)))
+    return min(centre, 0.0) - max(harm_margin, harm_factor * spread)
+
+
+def cap_share(weights: Floats, members: npt.NDArray[np.bool_], cap: float) -> Floats:
+    """Rescale `members` so their share of the (normalized) weights is at most `cap`."""
+    total = weights.sum()
+    w = weights / total
+    share = w[members].sum()
+    if share <= cap or share >= 1.0:
+        return w
+    w[members] *= cap * (1 - share) / (share * (1 - cap))
+    return w / w.sum()
+
+
+@dataclass(frozen=True)
+class Bristle:
+    keep: int = 6  # nearest candidates evaluated every step
+    explore: int = 2  # random others evaluated too: a far but useful (non-IID) peer's chance
+    far_factor: float = 4.0  # beyond this × the lower-median distance, a candidate is not "near"
+    margin: float = 0.02  # tolerated mean score drop on the classes we already know
+    harm_margin: float = 0.1  # a drop beyond this (and beyond harm_factor × typical) is "harmful"
+    harm_factor: float = 3.0
+    known_gap: float = 0.25  # "known" classes: our score within this of our best class
+    boost: float = 4.0  # performance weight = 1 + boost · mean per-class gain ...
+    max_boost: float = 3.0  # ... capped, so one lucky candidate cannot take over
+    quarantine_below: float = 0.08  # reputation gate; matches ReputationConfig.quarantine_below
+    new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
+    newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
+    newcomer_cap: float = 0.5  # ... and newcomers together get at most this share of the mix
+    name: str = field(default="bristle", init=False)
+
+    def __call__(self, inp: DefenceInput) -> DefenceResult:
+        inp, invalid = screen(inp)
+        n = len(inp.senders)
+        verdicts: dict[int, Verdict] = {}
+        rep = np.array(
+            [inp.reputation.get(s, self.new_reputation) for s in inp.senders], dtype=np.float64
+        )
+        for i in np.flatnonzero(rep < self.quarantine_below).tolist():
+            verdicts[i] = Verdict(
+                inp.senders[i], Outcome.QUARANTINED, score=float(rep[i]), reason="reputation"
+            )
+        candidates = np.flatnonzero(rep >= self.quarantine_below)
+
+        distances = np.linalg.norm(inp.received[candidates] - inp.own[None, :], axis=1).astype(
+            np.float64
+        )
+        rng = inp.rng if inp.evaluate is not None else None
+        near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng)
+        scale = float(np.median(distances)) if distances.size else 0.0
+        for i, dist in zip(candidates[far].tolist(), distances[far].tolist(), strict=True):
+            ratio = dist / scale if scale > 0 else 0.0
+            verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=ratio, reason=reasons.FAR)
+        kept = candidates[near]
+
+        perf = np.ones(kept.size)
+        mean_delta = np.zeros(kept.size)
+        if inp.evaluate is not None and kept.size:
+            worse, harmful, perf, mean_delta = self._evaluate(
+                inp.evaluate, inp.own, inp.received[kept]
+            )
+            for i, d, h in zip(
+                kept[worse].tolist(),
+                mean_delta[worse].tolist(),
+                harmful[worse].tolist(),
+                strict=True,
+            ):
+                reason = reasons.HARMFUL if h else reasons.WORSE
+                verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=d, reason=reason)
+            kept, perf, mean_delta = kept[~worse], perf[~worse], mean_delta[~worse]
+
+        mh = inp.mixing_weights.astype(np.float64)
+        raw = np.concatenate([[mh[0]], mh[1 + kept] * perf * rep[kept]])
+        newcomer = np.concatenate([[False], rep[kept] < self.newcomer_below])
+        weights = (
+            cap_share(raw, newcomer, self.newcomer_cap) if raw.sum() > 0 else np.eye(1, raw.size)[0]
+        )
+        mixed = weights[0] * inp.own + weights[1:].astype(np.float32) @ inp.received[kept]
+        for i, w, d in zip(kept.tolist(), weights[1:].tolist(), mean_delta.tolist(), strict=True):
+            verdicts[i] = Verdict(inp.senders[i], Outcome.KEPT, weight=w, score=d)
+        log.debug(
+            "bristle: %d kept, %d far, %d worse or harmful, %d quarantined; self weight %.3f",
+            kept.size,
+            far.size,
+            sum(v.reason in (reasons.WORSE, reasons.HARMFUL) for v in verdicts.values()),
+            sum(v.outcome is Outcome.QUARANTINED for v in verdicts.values()),
+            weights[0],
+        )
+        return result(mixed, [verdicts[i] for i in range(n)], invalid)
+
+    def _evaluate(
+        self, evaluate: Evaluator, own: FloatVector, candidates: FloatMatrix
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats]:
+        scores = evaluate(
+            np.concatenate([own[None, :], candidates], axis=0).astype(np.float32, copy=False)
+        )
+        if scores.ndim != 2 or scores.shape[0] != candidates.shape[0] + 1:
+            raise ValueError(
+                f"evaluate returned shape {scores.shape} for {candidates.shape[0] + 1} vectors"
+            )
+        return integrate(
+            scores,
+            margin=self.margin,
+            harm_margin=self.harm_margin,
+            harm_factor=self.harm_factor,
+            known_gap=self.known_gap,
+            boost=self.boost,
+            max_boost=self.max_boost,
+        )

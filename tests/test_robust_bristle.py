@@ -1,0 +1,223 @@
+"""Bristle: distance prioritizer, performance integrator with fake validation scores, reputation weighting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from p2pfed.robust import reasons
+from p2pfed.robust.base import DefenceInput
+from p2pfed.robust.bristle import Bristle, cap_share, prioritize
+from p2pfed.types import DefenceResult, Outcome
+
+D = 8
+TRUSTED = 0.9
+
+
+def make_input(
+    received: np.ndarray,
+    *,
+    own: np.ndarray | None = None,
+    reputation: dict[str, float] | None = None,
+    evaluate: Callable[..., Any] | None = None,
+    seed: int = 0,
+) -> DefenceInput:
+    n = received.shape[0]
+    senders = tuple(f"p{i}" for i in range(n))
+    return DefenceInput(
+        own=np.zeros(D, np.float32) if own is None else own.astype(np.float32),
+        received=received.astype(np.float32),
+        senders=senders,
+        mixing_weights=np.full(n + 1, 1 / (n + 1), np.float32),
+        reputation={s: TRUSTED for s in senders} if reputation is None else reputation,
+        evaluate=evaluate,
+        rng=np.random.default_rng(seed),
+    )
+
+
+def honest(n: int, seed: int = 1, spread: float = 0.1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (np.ones(D) + spread * rng.standard_normal((n, D))).astype(np.float32)
+
+
+def by_sender(out: DefenceResult) -> dict[str, tuple[Outcome, str, float]]:
+    return {v.sender: (v.outcome, v.reason, v.weight) for v in out.verdicts}
+
+
+def self_weight(out: DefenceResult) -> float:
+    return 1.0 - sum(v.weight for v in out.verdicts)
+
+
+def closeness_to_target(target: np.ndarray, classes: int = 4) -> Callable[[np.ndarray], np.ndarray]:
+    """Fake validation: every class scores 1 / (1 + distance to a hidden good vector)."""
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        score = 1.0 / (1.0 + np.linalg.norm(x - target[None, :], axis=1))
+        return np.repeat(score[:, None], classes, axis=1).astype(np.float32)
+
+    return evaluate
+
+
+def test_keeps_close_honest_peers_and_drops_a_far_attacker_without_validation() -> None:
+    received = np.vstack([honest(4), np.full((1, D), -100.0)])
+    out = Bristle()(make_input(received))
+    verdicts = by_sender(out)
+    assert verdicts["p4"][:2] == (Outcome.DROPPED, reasons.FAR)
+    assert all(verdicts[f"p{i}"][0] is Outcome.KEPT for i in range(4))
+    assert (out.mixed > 0.5).all()  # pulled toward the honest ones only (the attacker sits at -100)
+
+
+def test_an_explored_far_attacker_is_dropped_by_validation() -> None:
+    received = np.vstack([honest(4), np.full((1, D), -100.0)])
+    out = Bristle(explore=1)(make_input(received, evaluate=closeness_to_target(np.ones(D))))
+    assert by_sender(out)["p4"][:2] == (Outcome.DROPPED, reasons.HARMFUL)
+    assert (out.mixed > 0).all()
+
+
+def test_a_good_but_different_peer_is_kept_through_exploration_and_weighted_up() -> None:
+    different = np.full((1, D), 10.0, np.float32)
+    received = np.vstack([honest(8), different])
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        # we (and our look-alikes) know classes 0-1; the different peer also knows classes 2-3
+        return np.array([[0.9, 0.9, 0.8, 0.8] if row[0] > 5 else [0.9, 0.9, 0.1, 0.1] for row in x])
+
+    explored = Bristle(keep=4, explore=5)(make_input(received, evaluate=evaluate))
+    verdicts = by_sender(explored)
+    assert verdicts["p8"][0] is Outcome.KEPT
+    assert verdicts["p8"][2] > max(verdicts[f"p{i}"][2] for i in range(8))
+    starved = Bristle(keep=4, explore=0)(make_input(received, evaluate=evaluate))
+    assert by_sender(starved)["p8"][:2] == (Outcome.DROPPED, reasons.FAR)
+
+
+def test_exploration_reaches_the_different_peer_often_over_many_steps() -> None:
+    received = np.vstack([honest(8), np.full((1, D), 10.0)])
+    flat = lambda x: np.ones((x.shape[0], 4))  # noqa: E731
+    kept = sum(
+        by_sender(Bristle(keep=4, explore=2)(make_input(received, evaluate=flat, seed=s)))["p8"][0]
+        is Outcome.KEPT
+        for s in range(50)
+    )
+    assert 10 <= kept <= 30  # 2 of the 5 not-nearest are explored: ~40 %
+
+
+def test_a_close_candidate_that_is_worse_on_validation_is_dropped() -> None:
+    received = honest(3)
+    poisoned = received[1].copy()
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        worse = np.all(np.isclose(x, poisoned), axis=1)
+        return np.where(worse[:, None], [0.5, 0.5, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1])
+
+    out = Bristle()(make_input(received, evaluate=evaluate))
+    assert by_sender(out)["p1"][:2] == (Outcome.DROPPED, reasons.HARMFUL)
+    assert by_sender(out)["p0"][0] is Outcome.KEPT
+
+
+def test_slightly_worse_candidates_are_dropped_but_not_called_harmful() -> None:
+    received = honest(3)
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        # our own model is the best of the four; everyone else is a little worse, as honest peers are
+        return np.array([[0.8, 0.8]] + [[0.75 - 0.01 * k, 0.75] for k in range(x.shape[0] - 1)])
+
+    out = Bristle(margin=0.02)(make_input(received, evaluate=evaluate))
+    assert {(v.outcome, v.reason) for v in out.verdicts} == {(Outcome.DROPPED, reasons.WORSE)}
+    np.testing.assert_array_equal(out.mixed, np.zeros(D))
+
+
+def test_small_drops_within_the_margin_are_tolerated() -> None:
+    received = honest(2)
+    own_scores, candidate_scores = [0.9, 0.9, 0.1], [0.89, 0.9, 0.1]
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        return np.array([own_scores] + [candidate_scores] * (x.shape[0] - 1))
+
+    out = Bristle(margin=0.02)(make_input(received, evaluate=evaluate))
+    assert {v.outcome for v in out.verdicts} == {Outcome.KEPT}
+
+
+def test_non_finite_validation_scores_count_as_worse() -> None:
+    received = honest(2)
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        scores = np.ones((x.shape[0], 1))
+        scores[1:] = np.nan  # every candidate breaks the model
+        return scores
+
+    out = Bristle()(make_input(received, evaluate=evaluate))
+    assert {v.reason for v in out.verdicts} == {reasons.HARMFUL}
+    np.testing.assert_array_equal(out.mixed, np.zeros(D))
+
+
+def test_evaluate_is_called_once_with_all_kept_candidates_stacked() -> None:
+    calls: list[int] = []
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        calls.append(x.shape[0])
+        return np.ones((x.shape[0], 3))
+
+    Bristle(keep=6, explore=2)(make_input(honest(16), evaluate=evaluate))
+    assert calls == [1 + 6 + 2]
+
+
+def test_a_three_identity_sybil_does_not_outweigh_two_honest_neighbours() -> None:
+    good = honest(2)
+    # as close to us as the honest ones, on the other side
+    sybil = np.repeat(-good.mean(axis=0, keepdims=True), 3, axis=0)
+    reputation = {"p0": TRUSTED, "p1": TRUSTED}  # p2..p4 are new identities
+    flat = lambda x: np.ones((x.shape[0], 4))  # noqa: E731  validation cannot tell them apart
+    out = Bristle()(make_input(np.vstack([good, sybil]), reputation=reputation, evaluate=flat))
+    weights = {v.sender: v.weight for v in out.verdicts}
+    assert sum(weights[s] for s in ("p2", "p3", "p4")) < 0.5 * (weights["p0"] + weights["p1"])
+    assert out.mixed.mean() > 0  # the mix leans to the honest side
+
+
+def test_newcomers_together_never_exceed_their_cap() -> None:
+    good = honest(2)
+    sybil = np.repeat(-good.mean(axis=0, keepdims=True), 20, axis=0)
+    reputation = {"p0": TRUSTED, "p1": TRUSTED}
+    out = Bristle(keep=22, newcomer_cap=0.5)(
+        make_input(np.vstack([good, sybil]), reputation=reputation)
+    )
+    newcomers = sum(v.weight for v in out.verdicts if v.sender not in reputation)
+    assert newcomers == pytest.approx(0.5, abs=1e-6)
+
+
+def test_low_reputation_senders_are_quarantined() -> None:
+    reputation = {"p0": TRUSTED, "p1": 0.01}
+    out = Bristle()(make_input(honest(2), reputation=reputation))
+    assert by_sender(out)["p1"][0] is Outcome.QUARANTINED
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_mix_is_a_convex_combination(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    received = rng.standard_normal((10, D)).astype(np.float32) * rng.uniform(0.1, 10, (10, 1))
+    reputation = {f"p{i}": float(r) for i, r in enumerate(rng.uniform(0.1, 1, 10))}
+    scores = lambda x: rng.uniform(0, 1, (x.shape[0], 4))  # noqa: E731
+    own = rng.standard_normal(D)
+    out = Bristle()(
+        make_input(received, own=own, reputation=reputation, evaluate=scores, seed=seed)
+    )
+    weights = {v.sender: v.weight for v in out.verdicts if v.outcome is Outcome.KEPT}
+    assert all(w >= 0 for w in weights.values()) and self_weight(out) >= 0
+    expected = self_weight(out) * own + sum(w * received[int(s[1:])] for s, w in weights.items())
+    np.testing.assert_allclose(out.mixed, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_prioritizer_keeps_the_nearest_within_the_far_limit() -> None:
+    kept, dropped = prioritize(
+        np.array([1.0, 2.0, 50.0, 1.5]), keep=3, explore=0, far_factor=4.0, rng=None
+    )
+    assert sorted(kept) == [0, 1, 3] and list(dropped) == [2]
+    kept, dropped = prioritize(np.array([1.0, 100.0]), keep=3, explore=0, far_factor=4.0, rng=None)
+    assert list(kept) == [0] and list(dropped) == [1]
+
+
+def test_cap_share_rescales_only_the_members() -> None:
+    w = cap_share(np.array([0.2, 0.2, 0.6]), np.array([False, False, True]), cap=0.5)
+    np.testing.assert_allclose(w, [0.25, 0.25, 0.5])
