@@ -231,3 +231,16 @@ def test_reports_carry_reputation_of_neighbours() -> None:
     run(net, 2)
     last = [r for r in net.reports if r.round == 1]
     assert all(set(r.reputation) == set(net.peers[r.index].neighbour_degrees) for r in last)
+
+
+def test_a_late_joiner_catches_up_and_adopts_its_neighbours_model() -> None:
+    net = build(n=6, rounds=8, q=2)
+    late = net.peers[0]
+    for peer in net.peers[1:]:
+        peer.round = 5  # the network is at round 5 when peer 0 (fresh, round 0) joins
+    run(net, 8)
+    assert late.round == 8
+    rounds_run = sorted(r.round for r in net.reports if r.index == 0)
+    assert rounds_run[-3:] == [5, 6, 7]  # it skipped ahead instead of replaying rounds 0–4 alone
+    others = np.stack([p.vector for p in net.peers[1:]])
+    assert np.linalg.norm(late.vector - others.mean(axis=0)) < 0.5

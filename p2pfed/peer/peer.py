@@ -35,7 +35,8 @@ T = TypeVar("T")
 BlockingRunner = Callable[..., Awaitable[Any]]
 """How the peer runs blocking work: in a worker thread by default; inline in deterministic tests."""
 
-TENSOR = "adapter"  # the single tensor name of the flat vector in an envelope's payload
+TENSOR = "adapter"
+FAR_FUTURE = 1_000_000  # rounds ahead whose signed updates still count as evidence of the network's round  # the single tensor name of the flat vector in an envelope's payload
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class Peer:
         checkpoint_dir: Path | None = None,
         start_round: int = 0,
         run_blocking: BlockingRunner | None = None,
+        neighbourhood: Callable[[], dict[str, int]] | None = None,
+        adopt_neighbours: bool = False,
     ) -> None:
         self.index = index
         self.identity = identity
@@ -123,6 +126,9 @@ class Peer:
         self._bytes_received = 0
         self.finished = trio.Event()
         self._run_blocking = run_blocking or self._in_worker_thread
+        self.neighbourhood = neighbourhood  # a live network's neighbour set; refreshed every round
+        self._adopt = adopt_neighbours  # next mix ignores our own vector (late joiner, or far behind)
+        self._latest_round: dict[str, int] = {}  # newest round each neighbour signed an update for
 
     @property
     def peer_id(self) -> str:
@@ -137,10 +143,38 @@ class Peer:
             nursery.start_soon(self._receive_loop)
             task_status.started()
             while self.round < rounds:
+                self._refresh_neighbourhood()
+                self._catch_up()
+                if self.round >= rounds:
+                    break
                 await self.run_round(self.round)
                 self.round += 1
             self.finished.set()
             nursery.cancel_scope.cancel()
+
+    def _refresh_neighbourhood(self) -> None:
+        if self.neighbourhood is not None:
+            self.neighbour_degrees = dict(self.neighbourhood())
+
+    def _catch_up(self) -> None:
+        """Skip to the network's round when most neighbours are ahead of us (we joined late or were down).
+
+        The median of the neighbours' newest signed rounds is used, so one lying neighbour cannot make us
+        jump. Being behind by more than the round window means our model is stale: the next mix adopts the
+        neighbours' vectors instead of averaging them with ours.
+        """
+        target = self.network_round()
+        if target is not None and target > self.round:
+            log.info("peer %d: catching up from round %d to the network's round %d", self.index, self.round, target)
+            if target - self.round > self.gossip.round_window:
+                self._adopt = True
+            self.round = target
+            self.inbox.advance(target)
+
+    def network_round(self) -> int | None:
+        """The median of the neighbours' newest signed rounds, or None before any arrived."""
+        rounds = [self._latest_round[n] for n in self.neighbour_degrees if n in self._latest_round]
+        return int(np.median(rounds)) if rounds else None
 
     async def run_round(self, rnd: int) -> None:
         started = time.perf_counter()
@@ -203,6 +237,9 @@ class Peer:
                 settled = set() if buffer is None else set(buffer.updates) | buffer.equivocated
                 if all(n in settled for n in expected):
                     return
+                ahead = self.network_round()
+                if ahead is not None and ahead > rnd + self.gossip.round_window:
+                    return  # the network moved on; the round loop catches up
                 await arrival.wait()
 
     async def _send_all(self, rnd: int, step: int, partners: list[str]) -> None:
@@ -266,7 +303,7 @@ class Peer:
     def _accept(self, delivery: Delivery) -> None:
         """Verify one delivery and file it under its (round, step); every rejection is logged and counted."""
         self._bytes_received += len(delivery.data)
-        window = (self.round - self.gossip.round_window, self.round + self.gossip.round_window)
+        window = (self.round - self.gossip.round_window, self.round + FAR_FUTURE)
         verdict = open_envelope(
             delivery.data,
             remote=delivery.remote,
@@ -285,6 +322,10 @@ class Peer:
         if verdict.sender not in self.neighbour_degrees:
             self._reject(delivery.remote, "not_a_neighbour", "")
             return
+        self._latest_round[verdict.sender] = max(verdict.round, self._latest_round.get(verdict.sender, -1))
+        if verdict.round > self.round + self.gossip.round_window:
+            self._notify_arrival()  # evidence that the network is ahead: a waiting step should give up
+            return
         key = (verdict.round, verdict.step)
         admission = self.inbox.admit(verdict.sender, verdict.round, verdict.step, verdict.payload_digest)
         if admission is not Admission.NEW and admission is not Admission.EQUIVOCATION:
@@ -299,6 +340,9 @@ class Peer:
             vector = verdict.tensors[TENSOR]
             buffer.updates[verdict.sender] = vector
             self._received.append((verdict.round, verdict.step, verdict.sender, vector))
+        self._notify_arrival()
+
+    def _notify_arrival(self) -> None:
         self._arrival.set()
         self._arrival = trio.Event()
 
@@ -315,6 +359,8 @@ class Peer:
         quarantined = [s for s in buffer.updates if self.reputation.is_quarantined(s)]
         arrived = sorted(s for s in buffer.updates if s not in quarantined)
         self_weight, weights = metropolis_row(len(self.neighbour_degrees), self.neighbour_degrees)
+        if self._adopt and arrived:
+            self_weight, self._adopt = 0.0, False
         inp = DefenceInput(
             own=self.vector,
             received=(
