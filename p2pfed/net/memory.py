@@ -27,7 +27,9 @@ class LinkStats:
 class MemoryNetwork:
     """A switchboard that owns one `MemoryTransport` per peer ID."""
 
-    def __init__(self, *, delay: float = 0.0, drop: float = 0.0, seed: int = 0, capacity: int = 1024) -> None:
+    def __init__(
+        self, *, delay: float = 0.0, drop: float = 0.0, seed: int = 0, capacity: int = 1024
+    ) -> None:
         self.delay = delay  # seconds each message takes
         self.drop = drop  # probability that a message is lost
         self.seed = seed

@@ -1,0 +1,444 @@
+"""The libp2p transport: real hosts (TCP + Noise + yamux) on trio, hardened for a Byzantine network.
+
+Updates travel on direct streams, one length-prefixed, acknowledged frame per stream
+(`/p2pfed/update/1.0.0`); gossipsub carries only small presence announcements (peer exchange). The
+defects of py-libp2p 0.8.1 this module works around (see the project's notes) are marked `defect N`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2pfed.net.framing import FrameError, read_frame, write_frame
+from p2pfed.net.libp2p_guards import ConnectionEvents, guarded, no_auto_connect, quietly
+from p2pfed.net.presence import MAX_PRESENCE_BYTES, Presence
+from p2pfed.net.transport import Delivery
+from p2pfed.wire.identity import Identity
+
+log = logging.getLogger(__name__)
+
+UPDATE_PROTOCOL = TProtocol("/p2pfed/update/1.0.0")
+HELLO_PROTOCOL = TProtocol("/p2pfed/hello/1.0.0")
+GOSSIP_PROTOCOLS = [PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID]
+
+
+@dataclass(frozen=True)
+class Libp2pConfig:
+    run_digest: bytes  # names the gossip topic; peers of another run are never neighbours
+    listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()  # /ip4/.../tcp/.../p2p/<id> addresses dialled at start
+    enable_mdns: bool = False
+    max_frame_bytes: int = 64 * 1024 * 1024  # above any adapter of a supported model
+    max_neighbours: int = 16
+    incoming_capacity: int = 256  # deliveries buffered for the Peer; beyond: dropped and counted
+    dial_timeout_s: float = 5.0  # py-libp2p would wait ~120 s on a silent port (defect 7)
+    stall_timeout_s: float = 5.0  # no progress on a stream for this long: give up (defect 4)
+    frame_timeout_s: float = 120.0  # a whole frame, any size
+    open_timeout_s: float = 10.0  # open + negotiate a stream; queues behind writes on a busy link
+    send_attempts: int = 4  # a stalled send drops the connection and retries on a fresh one
+    parallel_sends_per_peer: int = 2  # more frames in flight to one peer would starve each other
+    announce_interval_s: float = 10.0
+    close_timeout_s: float = 5.0
+
+
+class Libp2pTransport:
+    """`p2pfed.net.transport.Transport` over py-libp2p. Start with `nursery.start(transport.run)`."""
+
+    def __init__(self, identity: Identity, config: Libp2pConfig) -> None:
+        self.identity = identity
+        self.config = config
+        self.counters: Counter[str] = Counter()
+        self.topic = f"/p2pfed/run/{config.run_digest.hex()}"
+        self._listen = [multiaddr.Multiaddr(a) for a in config.listen_addrs]
+        self._host = new_host(
+            key_pair=create_new_key_pair(seed=identity.private_seed()),
+            listen_addrs=self._listen,
+            enable_mDNS=config.enable_mdns,
+            connection_config=ConnectionConfig(dial_timeout=config.dial_timeout_s),
+        )
+        self._host.set_stream_handler(UPDATE_PROTOCOL, self._handle_update)
+        self._host.set_stream_handler(HELLO_PROTOCOL, self._handle_hello)
+        self._gossipsub = GossipSub(
+            protocols=GOSSIP_PROTOCOLS,
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,
+        )
+        self._pubsub = Pubsub(self._host, self._gossipsub, strict_signing=True)
+        self._pubsub.set_topic_validator(self.topic, self._validate_announcement, False)
+        network = self._host.get_network()
+        # libp2p's auto-connector redials every peer it ever heard of (ghosts and silent ports
+        # included) up to a watermark; neighbours are chosen here instead
+        network.auto_connector.maybe_connect = no_auto_connect
+        # Every inbound stream, whatever its protocol (identify, ping, meshsub, ours), goes through here.
+        network.set_stream_handler(guarded(self._host._swarm_stream_handler, self._count, "stream"))
+        for proto in GOSSIP_PROTOCOLS:
+            self._host.set_stream_handler(proto, self._guarded_pubsub_handler)
+        network.register_notifee(
+            ConnectionEvents(self._on_connected, lambda: self._count("peer_disconnected"))
+        )
+        send_in, self._incoming = trio.open_memory_channel[Delivery](config.incoming_capacity)
+        self._incoming_in = send_in
+        self._hello_in, self._hello_out = trio.open_memory_channel[str](1024)
+        self._members: dict[str, tuple[str, ...]] = {}  # run members seen, with their addrs
+        self._neighbours: dict[str, None] = {}  # insertion-ordered set, bounded by max_neighbours
+        self._dialing: set[str] = set()
+        self._send_slots: dict[str, trio.Semaphore] = {}
+        self._nursery: trio.Nursery | None = None
+        self._started = trio.Event()
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self._host_scope = trio.CancelScope(shield=True)
+        self._changed = (
+            trio.Event()
+        )  # set (and replaced) whenever a counter or the neighbour set changes
+
+    def _count(self, key: str, amount: int = 1) -> None:
+        self.counters[key] += amount
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_neighbours(self, count: int) -> None:
+        """Wait until at least `count` run members are connected neighbours."""
+        while len(self.neighbours()) < count:
+            await self._changed.wait()
+
+    async def wait_counter(self, key: str, at_least: int = 1) -> None:
+        """Wait until `counters[key]` reaches `at_least` (tests and metrics)."""
+        while self.counters[key] < at_least:
+            await self._changed.wait()
+
+    # -------------------------------------------------------------- Transport protocol
+    @property
+    def local_id(self) -> str:
+        return self.identity.peer_id
+
+    @property
+    def incoming(self) -> trio.MemoryReceiveChannel[Delivery]:
+        return self._incoming
+
+    def neighbours(self) -> list[str]:
+        connected = {p.to_base58() for p in self._host.get_connected_peers()}
+        return [p for p in self._neighbours if p in connected]
+
+    async def send(self, to: str, data: bytes) -> bool:
+        """Deliver one frame to `to`. Bounded in time; False (and a counter) on any failure."""
+        if len(data) > self.config.max_frame_bytes:
+            self._count("send_fail.oversized")
+            return False
+        try:
+            peer = ID.from_base58(to)
+        except Exception:
+            self._count("send_fail.bad_peer_id")
+            return False
+        slots = self._send_slots.setdefault(to, trio.Semaphore(self.config.parallel_sends_per_peer))
+        with trio.move_on_after(self.config.frame_timeout_s) as scope:
+            async with slots:
+                return await self._send_with_retry(to, peer, data)
+        if scope.cancelled_caught:
+            self._count("send_fail.queue_timeout")
+        return False
+
+    async def _send_with_retry(self, to: str, peer: ID, data: bytes) -> bool:
+        for attempt in range(self.config.send_attempts):
+            error = await self._send_once(peer, data)
+            if error is None:
+                self._count("frames_out")
+                self._count("bytes_out", len(data))
+                return True
+            self._count(f"send_fail.{error}")
+            log.debug("send to %s failed (%s), attempt %d", to, error, attempt + 1)
+            if error == "dial":
+                break
+        return False
+
+    # -------------------------------------------------------------- lifecycle
+    @property
+    def listen_addrs(self) -> list[str]:
+        """This host's listen multiaddrs, each ending in /p2p/<peer ID>."""
+        return [str(a) for a in self._host.get_addrs()]
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, discover and serve until cancelled; then close every connection before returning.
+
+        libp2p runs under a shield: if cancellation reached it first, its connection tasks would die
+        and `host.close()` would find nothing left to close, leaving sockets open (defect 10).
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await nursery.start(self._serve)
+                    task_status.started()
+                    await trio.sleep_forever()
+                finally:
+                    self._stop.set()
+                    with (
+                        trio.CancelScope(shield=True),
+                        trio.move_on_after(self.config.close_timeout_s),
+                    ):
+                        await self._stopped.wait()
+                    self._host_scope.cancel()
+        finally:
+            self._incoming_in.close()
+
+    async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with self._host_scope:
+            try:
+                async with (
+                    self._host.run(listen_addrs=self._listen),
+                    background_trio_service(self._pubsub),
+                    background_trio_service(self._gossipsub),
+                ):
+                    await self._pubsub.wait_until_ready()
+                    subscription = await self._pubsub.subscribe(self.topic)
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        nursery.start_soon(self._hello_worker)
+                        nursery.start_soon(self._read_announcements, subscription)
+                        nursery.start_soon(self._announce_loop)
+                        for addr in self.config.bootstrap:
+                            nursery.start_soon(self.connect, addr)
+                        self._started.set()
+                        task_status.started()
+                        await self._stop.wait()
+                        self._nursery = None
+                        await self._host.close()
+                        nursery.cancel_scope.cancel()
+            finally:
+                self._stopped.set()
+
+    async def connect(self, addr: str) -> bool:
+        """Dial a /.../p2p/<id> multiaddr within the dial timeout; True if connected."""
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception:
+            self._count("dial_fail.bad_addr")
+            return False
+        return await self._dial(info)
+
+    async def _dial(self, info: PeerInfo) -> bool:
+        if info.peer_id == self._host.get_id():
+            return False
+        with trio.move_on_after(self.config.dial_timeout_s) as scope:
+            try:
+                await self._host.connect(info)
+            except Exception as exc:
+                self._count("dial_fail.error")
+                log.debug("dial %s failed: %r", info.peer_id, exc)
+                return False
+            return True
+        if scope.cancelled_caught:
+            self._count("dial_fail.timeout")
+        return False
+
+    # -------------------------------------------------------------- updates
+    async def _send_once(self, peer: ID, data: bytes) -> FrameError | str | None:
+        network = self._host.get_network()
+        if not any(not c.is_closed for c in network.get_connections(peer)):
+            if not self._known(peer):
+                return "dial"
+            with trio.move_on_after(self.config.dial_timeout_s):
+                try:
+                    await network.dial_peer(peer)  # host.connect would trust a closed connection
+                except Exception as exc:
+                    log.debug("redial of %s failed: %r", peer, exc)
+            if not any(not c.is_closed for c in network.get_connections(peer)):
+                self._count("dial_fail.redial")
+                return "dial"
+        stream = None
+        with trio.move_on_after(self.config.open_timeout_s):
+            try:
+                stream = await self._host.new_stream(peer, [UPDATE_PROTOCOL])
+            except Exception as exc:
+                log.debug("new stream to %s failed: %r", peer, exc)
+                stream = None
+        if stream is None:
+            return "negotiate"
+        error = await write_frame(
+            stream, data, stall_s=self.config.stall_timeout_s, total_s=self.config.frame_timeout_s
+        )
+        await quietly(stream.close if error is None else stream.reset)
+        if error in (FrameError.STALLED, FrameError.TIMEOUT, FrameError.NO_ACK):
+            await self._drop_connection(peer, stream.muxed_conn)
+        return error
+
+    async def _drop_connection(self, peer: ID, muxed_conn: Any) -> None:
+        """Close the connection a frame stalled on, unless another send already replaced it: under
+        simultaneous large writes both ways a yamux connection can deadlock for good (defect 4)."""
+        for conn in self._host.get_network().get_connections(peer):
+            if conn.muxed_conn is muxed_conn:
+                self._count("connections_dropped")
+                await quietly(conn.close, self.config.close_timeout_s)
+
+    def _known(self, peer: ID) -> bool:
+        try:
+            return bool(self._host.get_peerstore().addrs(peer))
+        except Exception:
+            return False
+
+    async def _handle_update(self, stream: Any) -> None:
+        remote = stream.muxed_conn.peer_id.to_base58()
+        body = await read_frame(
+            stream,
+            max_bytes=self.config.max_frame_bytes,
+            stall_s=self.config.stall_timeout_s,
+            total_s=self.config.frame_timeout_s,
+        )
+        if isinstance(body, FrameError):
+            self._count(f"recv_fail.{body}")
+            log.debug("frame from %s rejected: %s", remote, body)
+            await quietly(stream.reset)
+            return
+        self._count("frames_in")
+        self._count("bytes_in", len(body))
+        try:
+            self._incoming_in.send_nowait(Delivery(remote=remote, data=body))
+        except trio.WouldBlock:
+            self._count("recv_fail.inbox_full")
+        except trio.ClosedResourceError:
+            pass
+        await quietly(stream.close)
+
+    async def _guarded_pubsub_handler(self, stream: Any) -> None:
+        try:
+            await self._pubsub.stream_handler(stream)
+        except Exception as exc:  # garbage on /meshsub/* escapes Pubsub.stream_handler (defect 1)
+            self._count("recv_fail.pubsub_garbage")
+            log.debug("pubsub stream from %s failed: %r", stream.muxed_conn.peer_id, exc)
+            await quietly(stream.reset)
+            self._pubsub._handle_dead_peer(stream.muxed_conn.peer_id)
+
+    # -------------------------------------------------------------- presence
+    def _presence(self) -> Presence:
+        peers = tuple((p, self._members.get(p, ())) for p in self.neighbours())
+        return Presence(self.config.run_digest.hex(), tuple(self.listen_addrs), peers)
+
+    def _on_connected(self, peer: str) -> None:
+        try:
+            self._hello_in.send_nowait(peer)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self._count("hello_dropped")
+
+    async def _hello_worker(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async for peer in self._hello_out:
+                nursery.start_soon(self._say_hello, peer)
+
+    async def _say_hello(self, peer: str) -> None:
+        with trio.move_on_after(self.config.dial_timeout_s):
+            try:
+                stream = await self._host.new_stream(ID.from_base58(peer), [HELLO_PROTOCOL])
+            except Exception:
+                self._count("hello_fail")
+                return
+            try:
+                if (
+                    await write_frame(stream, self._presence().encode(), stall_s=2, total_s=5)
+                    is None
+                ):
+                    reply = await read_frame(
+                        stream, max_bytes=MAX_PRESENCE_BYTES, stall_s=2, total_s=5
+                    )
+                    if isinstance(reply, bytes):
+                        self._learn(peer, Presence.decode(reply))
+                await stream.close()
+            except Exception:
+                self._count("hello_fail")
+
+    async def _handle_hello(self, stream: Any) -> None:
+        remote = stream.muxed_conn.peer_id.to_base58()
+        body = await read_frame(stream, max_bytes=MAX_PRESENCE_BYTES, stall_s=2, total_s=5)
+        if isinstance(body, FrameError):
+            self._count(f"hello_fail.{body}")
+            await quietly(stream.reset)
+            return
+        self._learn(remote, Presence.decode(body))
+        await write_frame(stream, self._presence().encode(), stall_s=2, total_s=5)
+        await quietly(stream.close)
+
+    def _learn(self, peer: str, presence: Presence | None) -> None:
+        """Record `peer` (authenticated by its connection) as a run member if it says it is one."""
+        if presence is None or presence.run != self.config.run_digest.hex():
+            self._count("presence_rejected")
+            return
+        self._members[peer] = presence.addrs
+        if peer not in self._neighbours and len(self._neighbours) < self.config.max_neighbours:
+            self._neighbours[peer] = None
+            self._notify()
+            log.debug("%s: new neighbour %s", self.local_id[-6:], peer[-6:])
+        self._explore(presence.peers)
+
+    def _explore(self, peers: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
+        """Dial run members we heard about, while there is room for neighbours."""
+        if self._nursery is None:
+            return
+        for pid, addrs in peers:
+            room = self.config.max_neighbours - len(self._neighbours) - len(self._dialing)
+            if room <= 0:
+                return
+            if pid == self.local_id or pid in self._neighbours or pid in self._dialing:
+                continue
+            try:
+                info = PeerInfo(ID.from_base58(pid), [multiaddr.Multiaddr(a) for a in addrs])
+            except Exception:
+                self._count("presence_bad_addr")
+                continue
+            self._dialing.add(pid)
+            self._nursery.start_soon(self._dial_member, pid, info)
+
+    async def _dial_member(self, pid: str, info: PeerInfo) -> None:
+        try:
+            await self._dial(info)  # success triggers the hello through _on_connected
+        finally:
+            self._dialing.discard(pid)
+
+    def _validate_announcement(self, forwarder: ID, msg: Any) -> bool:
+        try:
+            presence = Presence.decode(msg.data)
+            return presence is not None and presence.run == self.config.run_digest.hex()
+        except Exception:  # a raising validator kills the Pubsub service (defect 2)
+            return False
+
+    async def _read_announcements(self, subscription: Any) -> None:
+        while True:
+            msg = await subscription.get()
+            try:
+                sender = ID(msg.from_id).to_base58()
+            except Exception:
+                continue
+            if sender == self.local_id:
+                continue
+            presence = Presence.decode(msg.data)
+            if presence is not None:
+                self._explore(((sender, presence.addrs), *presence.peers))
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.announce_interval_s)
+            try:
+                await self._pubsub.publish(self.topic, self._presence().encode())
+            except Exception as exc:
+                self._count("announce_fail")
+                log.debug("announcement failed: %r", exc)
