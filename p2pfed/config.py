@@ -33,7 +33,7 @@ class RunManifest:
     lora_mode: str = "shared-a"
     lora_rank: int = 8
     lora_alpha: float = 16.0
-    adapt_layers: int = 2
+    adapt_layers: int = 1
     max_tokens: int = 64
     seed: int = 0  # shared seed: frozen A, initial head and test split derive from it
     protocol_version: int = PROTOCOL_VERSION
@@ -65,7 +65,7 @@ class GossipConfig:
     local_steps: int = 10  # K: SAM steps on local data per round
     gossip_steps: int = 4  # Q: gossip/mix steps per round (DFedSAM-MGS); 1 = D-PSGD
     rho: float = 0.05  # SAM radius; 0 = plain local SGD (D-PSGD)
-    lr: float = 0.05
+    lr: float = 1e-2  # Adam, fresh every round (see LearnConfig.optimizer)
     step_timeout: float = 60.0  # seconds a peer waits for its neighbours in one gossip step
     round_window: int = 2  # accept updates claiming rounds within this many of ours (late joiners, stragglers)
 

