@@ -19,6 +19,7 @@ from p2pfed.peer.checkpoint import load_checkpoint
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.peer.topology import build_topology
 from p2pfed.robust.mean import Mean
+from p2pfed.types import Outcome
 from p2pfed.wire import Identity, Schema, seal
 
 DIM = 3
@@ -244,3 +245,16 @@ def test_a_late_joiner_catches_up_and_adopts_its_neighbours_model() -> None:
     assert rounds_run[-3:] == [5, 6, 7]  # it skipped ahead instead of replaying rounds 0–4 alone
     others = np.stack([p.vector for p in net.peers[1:]])
     assert np.linalg.norm(late.vector - others.mean(axis=0)) < 0.5
+
+
+def test_quarantining_a_neighbour_does_not_stall_it() -> None:
+    from p2pfed.types import Verdict
+
+    net = build(rounds=2, q=2)
+    distrusting, distrusted = net.peers[0], net.ids[1]
+    distrusting.reputation.update([Verdict(distrusted, Outcome.EQUIVOCATED)], 0)
+    assert distrusting.reputation.is_quarantined(distrusted)
+    elapsed = run(net, 2)
+    assert elapsed < TIMEOUT  # nobody waited out a deadline: peer 0 still sends to peer 1
+    report = next(r for r in net.reports if r.index == 0)
+    assert report.outcomes.get("quarantined") == 2  # peer 1's updates were ignored, once per step

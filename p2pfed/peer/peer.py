@@ -216,16 +216,18 @@ class Peer:
 
     async def gossip_step(self, rnd: int, step: int) -> list[Verdict]:
         """Send our vector, collect our neighbours', defend and mix. Returns the verdicts for reputation."""
-        partners = [n for n in self.neighbour_degrees if not self.reputation.is_quarantined(n)]
+        # We send to every neighbour (a quarantined one may be waiting for us, and sending is cheap), but
+        # wait only for those we trust: a quarantined neighbour never holds up our round.
+        everyone = list(self.neighbour_degrees)
+        trusted = [n for n in everyone if not self.reputation.is_quarantined(n)]
         if self.behaviour.waits_for_honest:
-            honest = [n for n in partners if n not in self.colluders]
-            await self.wait_updates(rnd, step, honest)
-            await self._send_all(rnd, step, partners)
+            await self.wait_updates(rnd, step, [n for n in trusted if n not in self.colluders])
+            await self._send_all(rnd, step, everyone)
             if self.byzantine:  # an attacker does not mix; it keeps training its own model
                 return []
         else:
-            await self._send_all(rnd, step, partners)
-        await self.wait_updates(rnd, step, partners)
+            await self._send_all(rnd, step, everyone)
+        await self.wait_updates(rnd, step, trusted)
         return await self._defend_and_mix(rnd, step)
 
     async def wait_updates(self, rnd: int, step: int, expected: list[str]) -> None:
