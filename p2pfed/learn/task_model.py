@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,18 +21,25 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+import transformers
 
 from p2pfed.errors import ConfigError
 from p2pfed.learn.adapters import FlatSchema, attach_lora, lora_config, weight_deltas
 from p2pfed.learn.backbone import Batch, CausalBackbone, EncoderBackbone
 from p2pfed.learn.config import LearnConfig
-from p2pfed.learn.data import TaskData, load_task, split_test
+from p2pfed.learn.data import TaskData, append_eval, load_task, split_test
 from p2pfed.learn.features import Features, build_features
 from p2pfed.learn.models import resolve_model
 from p2pfed.learn.train import make_optimizer, per_class_f1, per_class_f1_batch, sam_gradients
 from p2pfed.types import FloatMatrix, FloatVector
 
 log = logging.getLogger(__name__)
+
+# The classifier head is new by design (drawn from the run seed): transformers' load report, its progress
+# bars and a peft deprecation notice would only alarm users.
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 EVAL_BATCH = 128  # rows per no-grad forward in evaluate/score
 HEAD_FILE = "p2pfed.json"  # run facts saved next to the peft adapter (labels, base hash, config)
@@ -53,6 +61,7 @@ class TaskModel:
         peft_model: torch.nn.Module,
         features: Features,
         base_hash: str,
+        test_rows: npt.NDArray[np.int64] | None = None,
     ) -> None:
         self.cfg = cfg
         self.kind = data.kind
@@ -63,7 +72,11 @@ class TaskModel:
         self._data = data
         self._backbone = backbone
         self._features = features
-        self._pool, self._test = split_test(data.labels, cfg.test_size, cfg.seed)
+        if test_rows is None:
+            self._pool, self._test = split_test(data.labels, cfg.test_size, cfg.seed)
+        else:  # an explicit evaluation set (a daemon's --eval file)
+            self._test = np.asarray(test_rows, dtype=np.int64)
+            self._pool = np.setdiff1d(np.arange(len(data), dtype=np.int64), self._test)
         self.train_labels: npt.NDArray[np.int64] = data.labels[self._pool]
         self._schema = FlatSchema.of(peft_model)
         self.schema = tuple(zip(self._schema.names, self._schema.shapes, strict=True))
@@ -72,7 +85,16 @@ class TaskModel:
         self._lock = threading.RLock()
 
     @classmethod
-    def load(cls, cfg: LearnConfig, *, progress: Callable[[str], None] | None = None) -> TaskModel:
+    def load(
+        cls,
+        cfg: LearnConfig,
+        *,
+        progress: Callable[[str], None] | None = None,
+        eval_task: str | None = None,
+        label_names: tuple[str, ...] = (),
+    ) -> TaskModel:
+        """Load base + adapter + data. `eval_task`: rows used as the test set instead of a held-out
+        split of `cfg.task`; `label_names`: the run's class order for .jsonl files."""
         from transformers import (
             AutoModelForCausalLM,
             AutoModelForSequenceClassification,
@@ -84,7 +106,10 @@ class TaskModel:
             torch.set_num_threads(cfg.threads)
         started = time.perf_counter()
         files = resolve_model(cfg.model, progress=progress)
-        data = load_task(cfg.task)
+        data = load_task(cfg.task, label_names=label_names)
+        test_rows = None
+        if eval_task is not None:
+            data, test_rows = append_eval(data, load_task(eval_task, label_names=data.label_names))
         tokenizer = AutoTokenizer.from_pretrained(files.directory)
         backbone: EncoderBackbone | CausalBackbone
         if files.causal:
@@ -125,7 +150,7 @@ class TaskModel:
                 "labels": list(data.label_names),
             }
         features = build_features(encoded, backbone, key=key, progress=progress)
-        task_model = cls(cfg, data, backbone, peft_model, features, files.base_hash)
+        task_model = cls(cfg, data, backbone, peft_model, features, files.base_hash, test_rows)
         log.info(
             "loaded %s on %s: %d pool rows, %d test rows, dim %d, %.1f s",
             files.name,

@@ -1,0 +1,150 @@
+"""Is gossip nearly free, and is the frozen base shared? Two ratios measured side by side in one run.
+
+    python benchmarks/bench_sim.py [--peers 8] [--rounds 3] [--local-steps 10]
+
+1. Throughput, in peer-steps per second (peers × rounds × K / wall time, model load and evaluation excluded):
+   - `plain peft loop`: one peer, a textbook training loop — HF model + peft LoRA on the same layers, the same
+     tokenizer, batch size, max tokens and optimizer, no gossip, nothing cached;
+   - `p2pfed sim, no feature cache`: N real Peers (signing, verification, Q gossip steps, Metropolis mixing,
+     reputation, bookkeeping) computing every layer every step, as the plain loop does;
+   - `p2pfed sim`: the same with the frozen lower layers computed once and shared (the default).
+   The first ratio is the cost of everything that is not training (goal ≥ 0.9); the second is what sharing
+   the frozen base buys.
+2. Peak memory per additional peer: peak RSS of a 2-peer and a 2+N-peer simulation (each in its own
+   process), divided by N, next to the size of the base model's weights.
+ρ = 0 everywhere, so that a step is one forward/backward in all setups (SAM would double every setup alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from p2pfed.config import GossipConfig  # noqa: E402
+from p2pfed.learn import LearnConfig, TaskModel  # noqa: E402
+from p2pfed.sims.simulate import SimConfig, run_simulation  # noqa: E402
+
+
+def _degree(peers: int) -> int:
+    degree = min(4, peers - 1)
+    return degree - 1 if (peers * degree) % 2 else degree
+
+
+def sim_config(peers: int, rounds: int, steps: int, cache: bool) -> SimConfig:
+    return SimConfig(
+        peers=peers,
+        degree=_degree(peers),
+        evaluate_every=0,
+        save_adapters=False,
+        gossip=GossipConfig(rounds=rounds, local_steps=steps, gossip_steps=4, rho=0.0),
+        learn=LearnConfig(feature_cache=cache),
+    )
+
+
+def sim_steps_per_second(cfg: SimConfig) -> float:
+    model = TaskModel.load(cfg.learn)
+    started = time.perf_counter()
+    run_simulation(cfg, model=model)
+    return cfg.peers * cfg.gossip.rounds * cfg.gossip.local_steps / (time.perf_counter() - started)
+
+
+def plain_peft_steps_per_second(steps: int, learn: LearnConfig) -> float:
+    """A one-peer training loop as a peft tutorial writes it, on the same model, layers and batches."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from p2pfed.learn.data import load_task
+    from p2pfed.learn.models import resolve_model
+
+    spec = resolve_model(learn.model)
+    data = load_task(learn.task)
+    tokenizer = AutoTokenizer.from_pretrained(spec.directory)
+    model = AutoModelForSequenceClassification.from_pretrained(spec.directory, num_labels=len(data.label_names))
+    layers = model.config.num_hidden_layers
+    top = list(range(layers - learn.adapt_layers, layers))
+    lora = LoraConfig(
+        r=learn.lora_rank,
+        lora_alpha=learn.lora_alpha,
+        target_modules=["query", "key", "value"],
+        layers_to_transform=top,
+        modules_to_save=["classifier"],
+        lora_dropout=0.0,
+    )
+    model = get_peft_model(model, lora)
+    model.eval()  # no dropout, as in p2pfed
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    rng = np.random.default_rng(0)
+    texts, labels = data.texts, data.labels
+
+    def step() -> None:
+        rows = rng.choice(len(texts), size=learn.batch_size, replace=False)
+        batch = tokenizer(
+            [texts[i] for i in rows], truncation=True, max_length=learn.max_tokens, padding=True, return_tensors="pt"
+        )
+        loss = model(**batch, labels=torch.as_tensor(labels[rows])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - started)
+
+
+def peak_rss_mb(peers: int) -> float:
+    """Peak RSS of a simulation of `peers` peers, in a fresh process."""
+    code = (
+        "import resource, sys; sys.argv=['x'];"
+        "from benchmarks.bench_sim import sim_config; from p2pfed.sims.simulate import run_simulation;"
+        f"run_simulation(sim_config({peers}, 1, 2, True));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-steps", type=int, default=10)
+    parser.add_argument("--memory-peers", type=int, default=14, help="extra peers for the memory measurement")
+    args = parser.parse_args()
+
+    steps = args.peers * args.rounds * args.local_steps
+    plain = plain_peft_steps_per_second(steps, LearnConfig())
+    uncached = sim_steps_per_second(sim_config(args.peers, args.rounds, args.local_steps, cache=False))
+    cached = sim_steps_per_second(sim_config(args.peers, args.rounds, args.local_steps, cache=True))
+    print(f"throughput, {args.peers} peers × {args.rounds} rounds × K={args.local_steps} (= {steps} steps), Q=4, ρ=0")
+    print(f"  {'setup':<34}{'peer-steps/s':>14}{'vs plain peft':>15}")
+    for name, value in (
+        ("plain peft loop (1 peer)", plain),
+        ("p2pfed sim, no feature cache", uncached),
+        ("p2pfed sim (default)", cached),
+    ):
+        print(f"  {name:<34}{value:>14.2f}{value / plain:>14.2f}×")
+
+    small, large = peak_rss_mb(2), peak_rss_mb(2 + args.memory_peers)
+    base = TaskModel.load(LearnConfig()).peft_model
+    base_mb = sum(p.numel() * p.element_size() for p in base.parameters()) / 2**20
+    per_peer = (large - small) / args.memory_peers
+    print(f"memory: peak RSS {small:.0f} MB with 2 peers, {large:.0f} MB with {2 + args.memory_peers}")
+    print(f"  per additional peer: {per_peer:.2f} MB  (base model weights: {base_mb:.1f} MB;"
+          f" ratio {per_peer / base_mb:.3f})")
+    print(json.dumps({"plain": plain, "sim_uncached": uncached, "sim": cached, "mb_per_peer": per_peer,
+                      "base_mb": base_mb}))
+
+
+if __name__ == "__main__":
+    main()

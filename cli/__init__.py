@@ -1,0 +1,1 @@
+"""The `p2pfed` command line (installed as `p2pfed.cli`)."""

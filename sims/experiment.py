@@ -1,0 +1,282 @@
+"""`p2pfed experiment`: what a grid is — attacks × defences × Byzantine count × seeds — and its cells.
+
+An `ExperimentConfig` is a base `SimConfig` plus a `Grid` of axes. `cells()` expands it into one `Cell`
+per simulation, each named by a stable id (a hash of its full `SimConfig`), which is what makes a grid
+resumable: `p2pfed.sims.grid_runner` runs the cells whose id has no result yet. A TOML file has a `[base]`
+table (fields of SimConfig, GossipConfig and LearnConfig, flat) and a `[grid]` table (fields of `Grid`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from p2pfed.sims.report import (
+    ATTACK_FREE,  # the baseline row: no attack, 0 Byzantine, once per defence/seed
+)
+from p2pfed.sims.simulate import SimConfig
+
+from p2pfed.attacks.base import Behaviour
+from p2pfed.attacks.registry import ATTACKS, SYBIL, load_behaviour
+from p2pfed.config import GossipConfig, from_mapping
+from p2pfed.errors import ConfigError
+from p2pfed.learn import LearnConfig
+from p2pfed.robust.registry import DEFENCES, load_defence
+
+ALL = "all"  # in an attacks/defences list: every registered name
+# SimConfig fields the grid sets per cell; in [base] they would be silently overridden, so they are refused.
+GRID_OWNED = {
+    "attack": "attacks",
+    "attack_params": "attack_params",
+    "defence": "defences",
+    "defence_params": "defence_params",
+    "byzantine": "byzantine",
+    "seed": "seeds",
+}
+
+
+def attack_names() -> tuple[str, ...]:
+    """Every registered attack (Sybil included); the honest behaviour is not an attack."""
+    return (*[name for name, factory in ATTACKS.items() if factory is not Behaviour], SYBIL)
+
+
+def defence_names() -> tuple[str, ...]:
+    return tuple(DEFENCES)
+
+
+def default_base() -> SimConfig:
+    """The issue's grid: TREC (6 classes), 16 peers, Dirichlet non-IID; everything else as `p2pfed sim`."""
+    return SimConfig(peers=16, save_adapters=False, learn=LearnConfig(task="trec"))
+
+
+def _normalise(name: str) -> str:
+    return name if ":" in name else name.strip().lower().replace("-", "_")
+
+
+def _expand(names: tuple[str, ...], every: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for name in names:
+        for item in every if _normalise(name) == ALL else (_normalise(name),):
+            if item not in out:
+                out.append(item)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Grid:
+    attacks: tuple[str, ...] = field(default_factory=lambda: (ATTACK_FREE, *attack_names()))
+    defences: tuple[str, ...] = field(default_factory=defence_names)
+    byzantine: tuple[int | float, ...] = (5,)  # counts (>= 1), or fractions of the peers (0 < f < 1)
+    seeds: tuple[int, ...] = (0,)
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # attack name -> its parameters
+    defence_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # defence name -> its parameters
+    workers: int = 0  # parallel processes; 0 = one per core. Capped by the number of cells left to run
+
+    def __post_init__(self) -> None:
+        if any(isinstance(s, bool) or not isinstance(s, int | float) or not float(s).is_integer() for s in self.seeds):
+            raise ConfigError(f"seeds must be whole numbers, got {list(self.seeds)}")
+        normalised = {
+            "attacks": _expand(tuple(self.attacks), (ATTACK_FREE, *attack_names())),
+            "defences": _expand(tuple(self.defences), defence_names()),
+            "byzantine": tuple(self.byzantine),
+            "seeds": tuple(int(s) for s in self.seeds),
+            "attack_params": {_normalise(k): dict(v) for k, v in self.attack_params.items()},
+            "defence_params": {_normalise(k): dict(v) for k, v in self.defence_params.items()},
+        }
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)
+        self._validate()
+
+    def _validate(self) -> None:
+        for axis in ("attacks", "defences", "byzantine", "seeds"):
+            if not getattr(self, axis):
+                raise ConfigError(f"the grid's {axis} list is empty; give at least one value")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0 = one per core), got {self.workers}")
+        for value in self.byzantine:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (
+                isinstance(value, float) and value >= 1 and not value.is_integer()
+            ):
+                raise ConfigError(f"byzantine values are counts (5) or fractions of the peers (0.25), got {value!r}")
+        for name in self.defences:  # fail now, with the registry's list of names, not an hour into the grid
+            load_defence(name, **self.defence_params.get(name, {}))
+        for name in self.attacks:
+            if name != ATTACK_FREE:
+                load_behaviour(name, count=1, **self.attack_params.get(name, {}))
+        for kind, params, names in (
+            ("attack", self.attack_params, self.attacks),
+            ("defence", self.defence_params, self.defences),
+        ):
+            stray = sorted(set(params) - set(names))
+            if stray:
+                raise ConfigError(f"{kind}_params given for {stray}, which the grid does not run ({list(names)})")
+
+    def count(self, value: int | float, peers: int) -> int:
+        """A byzantine axis value as a number of peers."""
+        count = round(value * peers) if isinstance(value, float) and value < 1 else int(value)
+        if count >= peers:
+            raise ConfigError(f"byzantine {value} means {count} of {peers} peers; keep it below the peer count")
+        return count
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One simulation of the grid."""
+
+    attack: str
+    defence: str
+    byzantine: int
+    seed: int
+    config: SimConfig
+
+    @property
+    def id(self) -> str:
+        return cell_id(self.config)
+
+    @property
+    def label(self) -> str:
+        return f"{self.attack}/{self.defence} byz={self.byzantine} seed={self.seed}"
+
+
+def cell_id(cfg: SimConfig) -> str:
+    """Stable across processes and runs: the hash of the cell's whole configuration."""
+    canonical = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(b"p2pfed-cell:" + canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    base: SimConfig = field(default_factory=default_base)
+    grid: Grid = field(default_factory=Grid)
+
+    def cells(self) -> list[Cell]:
+        """Seed-major order, so that a worker reuses its loaded model (which depends on the seed)."""
+        cells: dict[str, Cell] = {}
+        counts = sorted({self.grid.count(v, self.base.peers) for v in self.grid.byzantine})
+        for seed in self.grid.seeds:
+            learn = dataclasses.replace(self.base.learn, seed=seed)
+            for attack in self.grid.attacks:
+                for byzantine in [0] if attack == ATTACK_FREE else counts:
+                    for defence in self.grid.defences:
+                        # an attack with 0 Byzantine peers is the attack-free cell
+                        name = attack if byzantine else ATTACK_FREE
+                        config = dataclasses.replace(
+                            self.base,
+                            attack=name,
+                            attack_params=self.grid.attack_params.get(name, {}),
+                            defence=defence,
+                            defence_params=self.grid.defence_params.get(defence, {}),
+                            byzantine=byzantine,
+                            learn=learn,
+                        )
+                        cell = Cell(name, defence, byzantine, seed, config)
+                        cells.setdefault(cell.id, cell)
+        return list(cells.values())
+
+    def digest(self) -> str:
+        """Names the default output directory, so rerunning the same command resumes the same grid."""
+        mapping = to_mapping(self)
+        mapping["grid"].pop("workers")
+        canonical = json.dumps(mapping, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+# -- TOML ------------------------------------------------------------------------------------------
+
+_SIM_KEYS = {f.name for f in dataclasses.fields(SimConfig)} - {"gossip", "learn"}
+_GOSSIP_KEYS = {f.name for f in dataclasses.fields(GossipConfig)}
+_LEARN_KEYS = {f.name for f in dataclasses.fields(LearnConfig)}
+
+
+def base_from_mapping(data: dict[str, Any], *, source: str, base: SimConfig | None = None) -> SimConfig:
+    """A SimConfig from flat keys of SimConfig, GossipConfig and LearnConfig, applied over `base` (default:
+    the experiment's default base). A flat key sets every one of the three that has it (`lr`); optional
+    `gossip`/`learn` sub-tables set one only."""
+    base = base or default_base()
+    flat = dict(data)
+    nested = {k: flat.pop(k) for k in ("gossip", "learn") if isinstance(flat.get(k), dict)}
+    owned = sorted((set(flat) | set(nested.get("learn", {}))) & set(GRID_OWNED))
+    if owned:
+        moves = ", ".join(f"{k} -> [grid] {GRID_OWNED[k]}" for k in owned)
+        raise ConfigError(f"{source}: the grid sets {owned} per cell; move them: {moves}")
+    unknown = sorted(set(flat) - _SIM_KEYS - _GOSSIP_KEYS - _LEARN_KEYS)
+    if unknown:
+        valid = sorted((_SIM_KEYS | _GOSSIP_KEYS | _LEARN_KEYS) - set(GRID_OWNED))
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {valid}")
+
+    def pick(keys: set[str], current: Any, table: str) -> dict[str, Any]:
+        chosen = {k: v for k, v in flat.items() if k in keys}
+        return {**dataclasses.asdict(current), **chosen, **nested.get(table, {})}
+
+    gossip = from_mapping(GossipConfig, pick(_GOSSIP_KEYS, base.gossip, "gossip"), source=f"{source} gossip")
+    learn = from_mapping(LearnConfig, pick(_LEARN_KEYS, base.learn, "learn"), source=f"{source} learn")
+    sim = {k: v for k, v in pick(_SIM_KEYS, base, "").items() if k not in ("gossip", "learn")}
+    return from_mapping(SimConfig, {**sim, "gossip": gossip, "learn": learn}, source=source)
+
+
+def experiment_from_mapping(data: dict[str, Any], *, source: str) -> ExperimentConfig:
+    unknown = sorted(set(data) - {"base", "grid"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown table(s) {unknown}; an experiment has [base] and [grid]")
+    base = base_from_mapping(data.get("base", {}), source=f"{source} [base]")
+    grid = from_mapping(Grid, data.get("grid", {}), source=f"{source} [grid]")
+    return ExperimentConfig(base=base, grid=grid)
+
+
+def load_experiment(path: Path) -> ExperimentConfig:
+    return experiment_from_mapping(read_toml(path), source=str(path))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read experiment file {path}: {exc}") from exc
+
+
+def to_mapping(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The `[base]` + `[grid]` tables that `experiment_from_mapping` reads back to the same config."""
+    sim = cfg.base.to_dict()
+    base = {k: v for k, v in sim.items() if k not in ("gossip", "learn") and k not in GRID_OWNED}
+    learn = {k: v for k, v in sim["learn"].items() if k not in GRID_OWNED}
+    shared = set(sim["gossip"]) & set(learn)
+    base.update({k: v for k, v in sim["gossip"].items() if k not in shared})
+    base.update({k: v for k, v in learn.items() if k not in shared})
+    for key in sorted(shared):  # a key both have: flat if they agree, else one sub-table each
+        if sim["gossip"][key] == learn[key]:
+            base[key] = learn[key]
+        else:
+            base.setdefault("gossip", {})[key] = sim["gossip"][key]
+            base.setdefault("learn", {})[key] = learn[key]
+    grid = dataclasses.asdict(cfg.grid)
+    grid = {k: list(v) if isinstance(v, tuple) else v for k, v in grid.items()}
+    return {"base": base, "grid": grid}
+
+
+def to_toml(cfg: ExperimentConfig) -> str:
+    return tomli_w.dumps(to_mapping(cfg))
+
+
+__all__ = [
+    "ALL",
+    "ATTACK_FREE",
+    "Cell",
+    "ExperimentConfig",
+    "Grid",
+    "attack_names",
+    "base_from_mapping",
+    "cell_id",
+    "default_base",
+    "defence_names",
+    "experiment_from_mapping",
+    "load_experiment",
+    "read_toml",
+    "to_mapping",
+    "to_toml",
+]

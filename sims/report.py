@@ -1,0 +1,342 @@
+"""An experiment's report from its result rows: report.md, heatmap.png and curves/<attack>.png.
+
+Pure functions of the rows that `p2pfed.sims.grid_runner` appends to results.jsonl (one per cell:
+attack, defence, byzantine, seed, status, final, curve, wall_seconds, error), so tests can feed
+synthetic rows. Every accuracy here is the honest peers' (Byzantine peers are excluded by the simulation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+from p2pfed.config import write_atomic
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ATTACK_FREE = "none"
+RowKey = tuple[str, int]  # (attack, Byzantine count)
+
+
+@dataclass(frozen=True)
+class CellStats:
+    mean: float  # final honest accuracy, mean over the seeds that finished
+    sd: float  # sample sd over seeds; with one seed, the sd over that run's honest peers
+    seeds: int
+    curve: tuple[tuple[int, float], ...]  # (round, honest accuracy mean over seeds)
+
+
+@dataclass(frozen=True)
+class GridTable:
+    rows: tuple[RowKey, ...]  # the attack-free row first, then attacks in grid order
+    defences: tuple[str, ...]
+    stats: dict[tuple[RowKey, str], CellStats]
+    failed: tuple[dict[str, Any], ...]
+    multi_byzantine: bool  # several Byzantine counts: rows are labelled with theirs
+
+    def get(self, row: RowKey, defence: str) -> CellStats | None:
+        return self.stats.get((row, defence))
+
+    def baseline(self, defence: str) -> CellStats | None:
+        return self.stats.get(((ATTACK_FREE, 0), defence))
+
+    def best(self, row: RowKey) -> set[str]:
+        """The defence(s) with the highest mean accuracy on this row (ties all win)."""
+        means = {d: s.mean for d in self.defences if (s := self.get(row, d)) is not None}
+        if not means:
+            return set()
+        top = max(means.values())
+        return {d for d, m in means.items() if m >= top - 1e-12}
+
+    def label(self, row: RowKey) -> str:
+        attack, byzantine = row
+        if attack == ATTACK_FREE:
+            return "no attack"
+        return f"{attack} ({byzantine} Byz)" if self.multi_byzantine else attack
+
+    @property
+    def max_seeds(self) -> int:
+        return max((s.seeds for s in self.stats.values()), default=0)
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of results.jsonl, the latest per cell id; a torn last line (a killed run) is skipped."""
+    latest: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s:%d is not valid JSON (an interrupted write?); skipping it", path, number)
+            continue
+        latest[row["id"]] = row
+    return list(latest.values())
+
+
+def summarise(
+    rows: Iterable[dict[str, Any]], *, attacks: Sequence[str] = (), defences: Sequence[str] = ()
+) -> GridTable:
+    """Group rows by (attack, Byzantine count) × defence; `attacks`/`defences` fix the display order."""
+    ok: dict[tuple[RowKey, str], list[dict[str, Any]]] = defaultdict(list)
+    failed = []
+    for row in rows:
+        if row.get("status") != "ok" or row.get("final", {}).get("honest_accuracy_mean") is None:
+            failed.append(row)
+            continue
+        ok[((row["attack"], int(row["byzantine"])), row["defence"])].append(row)
+    seen_rows = list(dict.fromkeys(key[0] for key in ok))
+    seen_defences = list(dict.fromkeys(key[1] for key in ok))
+    attack_rank = {a: i for i, a in enumerate([ATTACK_FREE, *attacks])}
+    row_keys = sorted(seen_rows, key=lambda r: (attack_rank.get(r[0], len(attack_rank)), r[1]))
+    row_keys.sort(key=lambda r: r[0] != ATTACK_FREE)
+    ordered = [d for d in defences if d in seen_defences] + [d for d in seen_defences if d not in defences]
+    stats = {key: _stats(group) for key, group in ok.items()}
+    counts = {b for a, b in seen_rows if a != ATTACK_FREE}
+    return GridTable(tuple(row_keys), tuple(ordered), stats, tuple(failed), multi_byzantine=len(counts) > 1)
+
+
+def _stats(group: list[dict[str, Any]]) -> CellStats:
+    finals = [float(r["final"]["honest_accuracy_mean"]) for r in group]
+    if len(finals) > 1:
+        sd = float(np.std(finals, ddof=1))
+    else:
+        sd = float(group[0]["final"].get("honest_accuracy_std") or 0.0)
+    by_round: dict[int, list[float]] = defaultdict(list)
+    for r in group:
+        for point in r.get("curve", []):
+            by_round[int(point["round"])].append(float(point["honest_accuracy_mean"]))
+    curve = tuple((rnd, float(np.mean(v))) for rnd, v in sorted(by_round.items()))
+    return CellStats(mean=float(np.mean(finals)), sd=sd, seeds=len(finals), curve=curve)
+
+
+# -- report.md -------------------------------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def accuracy_table(table: GridTable) -> str:
+    head = ["attack", *table.defences, "best"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows:
+        best = table.best(row)
+        cells = []
+        for defence in table.defences:
+            s = table.get(row, defence)
+            text = "—" if s is None else f"{_pct(s.mean)} ± {_pct(s.sd)}"
+            cells.append(f"**{text}**" if defence in best else text)
+        lines.append(f"| {table.label(row)} | " + " | ".join(cells) + f" | {', '.join(sorted(best))} |")
+    return "\n".join(lines)
+
+
+def drop_table(table: GridTable) -> str:
+    """Points of accuracy each defence loses under each attack, vs the same defence without attack."""
+    head = ["attack", *table.defences]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows:
+        if row[0] == ATTACK_FREE:
+            continue
+        drops: dict[str, float] = {}
+        for defence in table.defences:
+            s, base = table.get(row, defence), table.baseline(defence)
+            if s is not None and base is not None:
+                drops[defence] = 100 * (base.mean - s.mean)
+        least = min(drops.values(), default=math.nan)
+        cells = []
+        for defence in table.defences:
+            if defence not in drops:
+                cells.append("—")
+                continue
+            text = f"{drops[defence]:+.1f}"
+            cells.append(f"**{text}**" if drops[defence] <= least + 1e-9 else text)
+        lines.append(f"| {table.label(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(
+    table: GridTable,
+    *,
+    title: str = "p2pfed experiment",
+    config_toml: str | None = None,
+    wall_seconds: float | None = None,
+    cell_seconds: float | None = None,
+    curves: Sequence[Path] = (),
+) -> str:
+    sd_meaning = (
+        "sample sd over seeds" if table.max_seeds > 1 else "sd over the honest peers of the one seed run"
+    )
+    parts = [
+        f"# {title}",
+        "",
+        f"Final accuracy of the **honest** peers on the global test set, in %, mean ± sd ({sd_meaning}); "
+        "Byzantine peers are excluded from every figure. The best defence per attack is in **bold**.",
+        "",
+        accuracy_table(table),
+        "",
+        "![final honest accuracy, defence × attack](heatmap.png)",
+    ]
+    if any(r[0] != ATTACK_FREE for r in table.rows) and any(r[0] == ATTACK_FREE for r in table.rows):
+        parts += [
+            "",
+            "## Drop vs no attack",
+            "",
+            "Points of accuracy lost against the same defence without attack (lower is better; "
+            "negative = the attack did not hurt). The smallest drop per attack is in **bold**.",
+            "",
+            drop_table(table),
+        ]
+    if curves:
+        parts += ["", "## Accuracy per round", ""]
+        parts += [f"- [{p.stem}](curves/{p.name})" for p in curves]
+    if table.failed:
+        parts += ["", "## Failed cells", "", "Rerun the same command to retry them.", ""]
+        for row in table.failed:
+            error = str(row.get("error") or "no final accuracy").splitlines()[0][:300]
+            parts.append(
+                f"- {row.get('attack')}/{row.get('defence')} byz={row.get('byzantine')} "
+                f"seed={row.get('seed')} (`{row.get('id')}`): {error}"
+            )
+    timing = []
+    if wall_seconds is not None:
+        timing.append(f"wall time of the last session: {_duration(wall_seconds)}")
+    if cell_seconds is not None:
+        timing.append(f"compute summed over cells: {_duration(cell_seconds)}")
+    if timing:
+        parts += ["", "## Time", "", "; ".join(timing) + "."]
+    if config_toml:
+        parts += ["", "## Configuration", "", "```toml", config_toml.rstrip(), "```"]
+    return "\n".join(parts) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+# -- plots -----------------------------------------------------------------------------------------
+
+
+def _save(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_heatmap(table: GridTable, path: Path) -> None:
+    """Defences (rows) × attacks (columns), annotated with the final honest accuracy in %."""
+    values = np.full((len(table.defences), len(table.rows)), np.nan)
+    for i, defence in enumerate(table.defences):
+        for j, row in enumerate(table.rows):
+            if (s := table.get(row, defence)) is not None:
+                values[i, j] = 100 * s.mean
+    width = max(5.0, 1.0 + 0.9 * len(table.rows))
+    height = max(3.0, 1.4 + 0.45 * len(table.defences))
+    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 100.0)
+    cmap = plt.get_cmap("RdYlGn").copy()
+    cmap.set_bad("#dddddd")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=low, vmax=max(high, low + 1e-6), aspect="auto")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v = values[i, j]
+            bold = table.defences[i] in table.best(table.rows[j])
+            ax.text(j, i, "—" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=8,
+                    fontweight="bold" if bold else "normal", color="black")
+    ax.set_xticks(range(len(table.rows)), [table.label(r) for r in table.rows], rotation=35, ha="right")
+    ax.set_yticks(range(len(table.defences)), list(table.defences))
+    ax.set_xlabel("attack")
+    ax.set_ylabel("defence")
+    ax.set_title("final honest accuracy (%); bold = best defence per attack", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="accuracy (%)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def curve_name(table: GridTable, row: RowKey) -> str:
+    name = row[0] if not table.multi_byzantine or row[0] == ATTACK_FREE else f"{row[0]}-{row[1]}byz"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plot_curves(table: GridTable, directory: Path) -> list[Path]:
+    """curves/<attack>.png: one line per defence (mean over seeds); its attack-free curve dashed."""
+    colours = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(table.defences)}
+    paths = []
+    for row in table.rows:
+        fig, ax = plt.subplots(figsize=(9.5, 4.8), dpi=110)
+        for defence in table.defences:
+            s = table.get(row, defence)
+            if s is None or not s.curve:
+                continue
+            xs, ys = zip(*s.curve, strict=True)
+            ax.plot([x + 1 for x in xs], ys, color=colours[defence], linewidth=2, marker="o", label=defence)
+            base = table.baseline(defence)
+            if row[0] != ATTACK_FREE and base is not None and base.curve:
+                bx, by = zip(*base.curve, strict=True)
+                ax.plot([x + 1 for x in bx], by, color=colours[defence], linewidth=1, linestyle="--", alpha=0.6)
+        if row[0] != ATTACK_FREE:
+            ax.plot([], [], color="grey", linestyle="--", label="same defence, no attack")
+        ax.set_xlabel("round")
+        ax.set_ylabel("honest accuracy on the global test set")
+        ax.set_ylim(0, 1.01)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+        ax.set_title(f"{table.label(row)}: honest accuracy per round (mean over seeds)", fontsize=9)
+        fig.tight_layout()
+        path = directory / f"{curve_name(table, row)}.png"
+        _save(fig, path)
+        paths.append(path)
+    return paths
+
+
+def write_report(
+    rows: Iterable[dict[str, Any]],
+    out: Path,
+    *,
+    attacks: Sequence[str] = (),
+    defences: Sequence[str] = (),
+    config_toml: str | None = None,
+    wall_seconds: float | None = None,
+    title: str = "p2pfed experiment",
+) -> list[Path]:
+    """Write report.md, heatmap.png and curves/*.png into `out`; returns the paths written."""
+    rows = list(rows)
+    table = summarise(rows, attacks=attacks, defences=defences)
+    written: list[Path] = []
+    if table.rows:
+        plot_heatmap(table, out / "heatmap.png")
+        written.append(out / "heatmap.png")
+        written += plot_curves(table, out / "curves")
+    cell_seconds = sum(float(r.get("wall_seconds") or 0.0) for r in rows)
+    text = render_markdown(
+        table,
+        title=title,
+        config_toml=config_toml,
+        wall_seconds=wall_seconds,
+        cell_seconds=cell_seconds,
+        curves=[p for p in written if p.parent.name == "curves"],
+    )
+    write_atomic(out / "report.md", text.encode())
+    return [out / "report.md", *written]

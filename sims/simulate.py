@@ -1,0 +1,331 @@
+"""`p2pfed sim`: N real `Peer`s in one process over the in-memory transport, sharing one frozen base model.
+
+Writes a run directory: config.json, metrics.jsonl (one row per peer per round), summary.json,
+reputation.json, accuracy.png and each peer's final adapter as a peft adapter directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+from p2pfed.sims.plots import plot_accuracy
+
+from p2pfed.attacks.base import Behaviour, Collusion
+from p2pfed.attacks.registry import load_behaviour
+from p2pfed.config import GossipConfig, RunManifest, write_atomic
+from p2pfed.errors import ConfigError
+from p2pfed.learn import LearnConfig, TaskModel
+from p2pfed.learn.partition import partition, split_validation
+from p2pfed.net.libp2p_transport import Libp2pConfig
+from p2pfed.net.loopback import loopback_transports
+from p2pfed.net.memory import MemoryNetwork
+from p2pfed.net.transport import Transport
+from p2pfed.peer.local import LocalModel
+from p2pfed.peer.peer import TENSOR, Peer, RoundReport
+from p2pfed.peer.topology import build_topology
+from p2pfed.robust.registry import load_defence
+from p2pfed.robust.reputation import ReputationTable
+from p2pfed.wire import Identity, Schema
+
+log = logging.getLogger(__name__)
+
+TRANSPORTS = ("memory", "libp2p")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    peers: int = 10
+    topology: str = "regular"
+    degree: int = 4  # neighbours per peer (regular, small-world)
+    edge_probability: float = 0.3  # erdos-renyi
+    partition: str = "dirichlet"
+    alpha: float = 0.5  # Dirichlet concentration; smaller = more non-IID
+    classes_per_peer: int = 2  # k-classes partition
+    val_fraction: float = 0.15  # of each peer's shard held out for its own validation (defences)
+    byzantine: int = 0  # how many peers are Byzantine
+    attack: str = "none"
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    defence: str = "mean"
+    defence_params: dict[str, Any] = field(default_factory=dict)
+    evaluate_every: int = 1  # rounds between global-test evaluations of every honest peer
+    delay: float = 0.0  # memory transport: seconds per message
+    drop: float = 0.0  # memory transport: probability a message is lost
+    save_adapters: bool = True
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    learn: LearnConfig = field(default_factory=LearnConfig)
+
+    @property
+    def seed(self) -> int:
+        return self.learn.seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SimResult:
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    out: Path | None
+
+
+def byzantine_indices(cfg: SimConfig) -> list[int]:
+    if not 0 <= cfg.byzantine < cfg.peers:
+        raise ConfigError(f"--byzantine must be between 0 and peers-1 ({cfg.peers - 1}), got {cfg.byzantine}")
+    if cfg.byzantine and cfg.attack == "none":
+        raise ConfigError("--byzantine needs an --attack (see `p2pfed sim --help` for the list)")
+    rng = np.random.default_rng([cfg.seed, 0xB12])
+    return sorted(int(i) for i in rng.choice(cfg.peers, size=cfg.byzantine, replace=False))
+
+
+def run_simulation(
+    cfg: SimConfig,
+    *,
+    out: Path | None = None,
+    model: TaskModel | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    transport: str = "memory",
+) -> SimResult:
+    """Run a whole simulation (blocking). `model` lets callers reuse a loaded base across runs.
+
+    `transport`: "memory" (in-memory channels) or "libp2p" (one real host per peer on 127.0.0.1).
+    """
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+    started = time.perf_counter()
+    model = model or TaskModel.load(cfg.learn)
+    return trio.run(_simulate, cfg, model, out, progress, started, transport)
+
+
+async def _simulate(
+    cfg: SimConfig,
+    model: TaskModel,
+    out: Path | None,
+    progress: Callable[[int, int, str], None] | None,
+    started: float,
+    transport: str = "memory",
+) -> SimResult:
+    rng = np.random.default_rng([cfg.seed, 0x5EED])
+    shards = partition(
+        model.train_labels, cfg.peers, cfg.partition, alpha=cfg.alpha, classes_per_peer=cfg.classes_per_peer, rng=rng
+    )
+    adjacency = build_topology(
+        cfg.topology, cfg.peers, degree=cfg.degree, p=cfg.edge_probability, seed=cfg.seed
+    )
+    identities = [Identity.for_peer(cfg.seed, i) for i in range(cfg.peers)]
+    ids = [identity.peer_id for identity in identities]
+    byzantine = byzantine_indices(cfg)
+    behaviours: dict[int, Behaviour] = {}
+    if byzantine:
+        group = load_behaviour(cfg.attack, count=len(byzantine), **cfg.attack_params)
+        behaviours = dict(zip(byzantine, group, strict=True))
+    colluders = frozenset(ids[i] for i in byzantine)
+    collusion = Collusion() if byzantine else None
+
+    compute = trio.CapacityLimiter(1)  # one torch job at a time: the shared model is not thread-safe
+    schema = Schema.from_tensors({TENSOR: np.zeros(model.dim, dtype=np.float32)})
+    run_digest = _run_digest(cfg, model)
+    initial = model.initial_vector()
+    recorder = _Recorder(cfg, ids, byzantine, progress)
+
+    def wire(transports: list[Transport]) -> list[Peer]:
+        """The same Peer wiring whatever the transport."""
+        peers: list[Peer] = []
+        for i in range(cfg.peers):
+            train_idx, val_idx = split_validation(shards[i], cfg.val_fraction, np.random.default_rng([cfg.seed, i, 0xA1]))
+            behaviour = behaviours.get(i)
+            labels = None
+            if behaviour is not None:
+                poisoned = behaviour.poison_labels(
+                    model.train_labels[train_idx], model.num_classes, np.random.default_rng([cfg.seed, i, 0xF1])
+                )
+                labels = None if poisoned is model.train_labels[train_idx] else poisoned
+            local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels)
+            neighbours = {ids[j]: len(adjacency[j]) for j in adjacency[i]}
+            peers.append(
+                Peer(
+                    index=i,
+                    identity=identities[i],
+                    transport=transports[i],
+                    local=local,
+                    run_digest=run_digest,
+                    schema=schema,
+                    neighbour_degrees=neighbours,
+                    gossip=cfg.gossip,
+                    defence=load_defence(cfg.defence, **cfg.defence_params),
+                    initial=initial,
+                    seed=cfg.seed,
+                    compute=compute,
+                    behaviour=behaviour,
+                    collusion=collusion if behaviour is not None else None,
+                    colluders=colluders if behaviour is not None else frozenset(),
+                    reputation=ReputationTable(),
+                    on_round=recorder.record,
+                    evaluate_every=cfg.evaluate_every,
+                )
+            )
+        return peers
+
+    if transport == "libp2p":  # real hosts on 127.0.0.1, meshed; each Peer still talks to its topology only
+        config = Libp2pConfig(run_digest=run_digest, max_neighbours=max(16, cfg.peers - 1))
+        async with loopback_transports(identities, config, timeout_s=60 + cfg.peers) as hosts:
+            peers = wire(list(hosts))
+            await _run_peers(peers, cfg.gossip.rounds)
+    else:
+        network = MemoryNetwork(delay=cfg.delay, drop=cfg.drop, seed=cfg.seed)
+        peers = wire([network.add(ids[i], [ids[j] for j in adjacency[i]]) for i in range(cfg.peers)])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(network.run)
+            await _run_peers(peers, cfg.gossip.rounds)
+            nursery.cancel_scope.cancel()
+
+    wall = time.perf_counter() - started
+    summary = recorder.summary(wall)
+    if out is not None:
+        _write_run_dir(out, cfg, recorder, summary, peers, model)
+    return SimResult(summary=summary, rows=recorder.rows, out=out)
+
+
+async def _run_peers(peers: list[Peer], rounds: int) -> None:
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            nursery.start_soon(lambda p=peer: p.run(rounds=rounds))
+
+
+def _run_digest(cfg: SimConfig, model: TaskModel) -> bytes:
+    manifest = RunManifest(
+        model=cfg.learn.model,
+        base_hash=model.base_hash,
+        task=cfg.learn.task,
+        labels=tuple(model.label_names),
+        lora_mode=cfg.learn.lora_mode,
+        lora_rank=cfg.learn.lora_rank,
+        lora_alpha=cfg.learn.lora_alpha,
+        adapt_layers=cfg.learn.adapt_layers,
+        max_tokens=cfg.learn.max_tokens,
+        seed=cfg.seed,
+    )
+    return manifest.digest()
+
+
+class _Recorder:
+    """Collects round reports; once every peer has reported a round, derives the per-round metrics."""
+
+    def __init__(
+        self, cfg: SimConfig, ids: list[str], byzantine: list[int], progress: Callable[[int, int, str], None] | None
+    ) -> None:
+        self.cfg = cfg
+        self.ids = ids
+        self.index = {pid: i for i, pid in enumerate(ids)}
+        self.byzantine = set(byzantine)
+        self.progress = progress
+        self.pending: dict[int, list[RoundReport]] = defaultdict(list)
+        self.rows: list[dict[str, Any]] = []
+        self.curve: list[dict[str, Any]] = []
+        self.last: dict[int, RoundReport] = {}
+        self.done = 0
+
+    def record(self, report: RoundReport) -> None:
+        self.pending[report.round].append(report)
+        self.last[report.index] = report
+        self.done += 1
+        if self.progress is not None:
+            total = self.cfg.peers * self.cfg.gossip.rounds
+            self.progress(self.done, total, self._status())
+        if len(self.pending[report.round]) == self.cfg.peers:
+            self._close_round(report.round, self.pending.pop(report.round))
+
+    def _status(self) -> str:
+        if not self.curve:
+            return ""
+        return f"round {self.curve[-1]['round']} acc {self.curve[-1]['honest_accuracy_mean']:.3f}"
+
+    def _close_round(self, rnd: int, reports: list[RoundReport]) -> None:
+        honest = [r for r in reports if not r.byzantine]
+        mean = np.mean([r.vector for r in honest], axis=0)
+        for r in sorted(reports, key=lambda r: r.index):
+            self.rows.append(
+                {
+                    "round": rnd,
+                    "peer": r.index,
+                    "peer_id": r.peer,
+                    "byzantine": r.byzantine,
+                    "accuracy": r.accuracy,
+                    "loss": r.loss,
+                    "train_loss": r.train_loss,
+                    "consensus_distance": float(np.linalg.norm(r.vector - mean)),
+                    "bytes_sent": r.bytes_sent,
+                    "bytes_received": r.bytes_received,
+                    "seconds": round(r.seconds, 4),
+                    "outcomes": r.outcomes,
+                    "rejections": r.rejections,
+                    "reputation": {str(self.index.get(k, k)): round(v, 4) for k, v in r.reputation.items()},
+                }
+            )
+        accuracies = [r.accuracy for r in honest if r.accuracy is not None]
+        if accuracies:
+            self.curve.append(
+                {
+                    "round": rnd,
+                    "honest_accuracy_mean": float(np.mean(accuracies)),
+                    "honest_accuracy_std": float(np.std(accuracies)),
+                    "honest_accuracy_min": float(np.min(accuracies)),
+                    "honest_accuracy_max": float(np.max(accuracies)),
+                    "consensus_distance": float(np.mean([np.linalg.norm(r.vector - mean) ** 2 for r in honest])),
+                }
+            )
+
+    def summary(self, wall: float) -> dict[str, Any]:
+        final = self.curve[-1] if self.curve else {}
+        return {
+            "final": {
+                "round": final.get("round"),
+                "honest_accuracy_mean": final.get("honest_accuracy_mean"),
+                "honest_accuracy_std": final.get("honest_accuracy_std"),
+                "consensus_distance": final.get("consensus_distance"),
+            },
+            "curve": self.curve,
+            "byzantine_peers": sorted(self.byzantine),
+            "byzantine_peer_ids": [self.ids[i] for i in sorted(self.byzantine)],
+            "attack": self.cfg.attack,
+            "defence": self.cfg.defence,
+            "peers": self.cfg.peers,
+            "wall_seconds": round(wall, 2),
+        }
+
+
+def _write_run_dir(
+    out: Path, cfg: SimConfig, recorder: _Recorder, summary: dict[str, Any], peers: list[Peer], model: TaskModel
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+    write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in recorder.rows).encode())
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
+    reputation = {
+        str(p.index): {str(recorder.index.get(k, k)): v for k, v in p.reputation.snapshot().items()}
+        for p in peers
+        if not p.byzantine
+    }
+    write_atomic(out / "reputation.json", json.dumps(reputation, indent=2).encode())
+    plot_accuracy(recorder.curve, recorder.rows, out / "accuracy.png", title=_title(cfg))
+    if cfg.save_adapters:
+        for p in peers:
+            model.save_adapter(p.vector, out / "adapters" / f"peer-{p.index:02d}")
+
+
+def _title(cfg: SimConfig) -> str:
+    attack = f", {cfg.byzantine} Byzantine ({cfg.attack}), defence {cfg.defence}" if cfg.byzantine else ""
+    return (
+        f"{cfg.learn.task} · {cfg.learn.model} · {cfg.peers} peers ({cfg.topology}, {cfg.partition} α={cfg.alpha})"
+        f" · K={cfg.gossip.local_steps} Q={cfg.gossip.gossip_steps} ρ={cfg.gossip.rho}{attack}"
+    )

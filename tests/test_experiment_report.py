@@ -1,0 +1,103 @@
+"""The experiment report from synthetic result rows: table values, bold best, drop view, files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from p2pfed.sims.report import load_results, summarise, write_report
+
+
+def row(attack: str, defence: str, seed: int, acc: float, *, byzantine: int = 3, peer_sd: float = 0.02,
+        status: str = "ok") -> dict:
+    byzantine = 0 if attack == "none" else byzantine
+    return {
+        "id": f"{attack}-{defence}-{byzantine}-{seed}",
+        "attack": attack,
+        "defence": defence,
+        "byzantine": byzantine,
+        "seed": seed,
+        "status": status,
+        "final": {"honest_accuracy_mean": acc, "honest_accuracy_std": peer_sd} if status == "ok" else {},
+        "curve": [{"round": 0, "honest_accuracy_mean": acc / 2}, {"round": 1, "honest_accuracy_mean": acc}]
+        if status == "ok" else [],
+        "wall_seconds": 10.0,
+        "error": None if status == "ok" else "RuntimeError: boom",
+    }
+
+
+def grid_rows() -> list[dict]:
+    return [
+        row("ipm", "mean", 0, 0.30), row("ipm", "mean", 1, 0.40),
+        row("ipm", "bristle", 0, 0.80), row("ipm", "bristle", 1, 0.90),
+        row("none", "mean", 0, 0.90), row("none", "mean", 1, 0.92),
+        row("none", "bristle", 0, 0.88), row("none", "bristle", 1, 0.90),
+    ]
+
+
+def table_line(text: str, label: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+
+
+def test_report_shows_mean_and_sample_sd_over_seeds_with_the_best_defence_in_bold(tmp_path: Path) -> None:
+    write_report(grid_rows(), tmp_path, attacks=["none", "ipm"], defences=["mean", "bristle"])
+    text = (tmp_path / "report.md").read_text()
+    # ipm: mean 35.0 ± 7.1 (sd of 0.30, 0.40 with n-1), bristle 85.0 ± 7.1 and best
+    assert table_line(text, "ipm") == "| ipm | 35.0 ± 7.1 | **85.0 ± 7.1** | bristle |"
+    assert table_line(text, "no attack") == "| no attack | **91.0 ± 1.4** | 89.0 ± 1.4 | mean |"
+    lines = text.splitlines()
+    assert lines.index(table_line(text, "no attack")) < lines.index(table_line(text, "ipm"))
+
+
+def test_drop_view_is_points_lost_against_the_same_defence_without_attack(tmp_path: Path) -> None:
+    write_report(grid_rows(), tmp_path, attacks=["none", "ipm"], defences=["mean", "bristle"])
+    drop_section = (tmp_path / "report.md").read_text().split("## Drop vs no attack")[1]
+    assert table_line(drop_section, "ipm") == "| ipm | +56.0 | **+4.0** |"
+
+
+def test_a_single_seed_reports_the_sd_over_honest_peers(tmp_path: Path) -> None:
+    rows = [row("none", "mean", 0, 0.9, peer_sd=0.031), row("alie", "mean", 0, 0.5, peer_sd=0.1)]
+    write_report(rows, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert table_line(text, "alie") == "| alie | **50.0 ± 10.0** | mean |"
+    assert "sd over the honest peers" in text
+
+
+def test_report_writes_heatmap_and_one_curve_per_attack(tmp_path: Path) -> None:
+    written = write_report(grid_rows(), tmp_path, config_toml="[base]\npeers = 4\n", wall_seconds=75)
+    for name in ("report.md", "heatmap.png", "curves/none.png", "curves/ipm.png"):
+        path = tmp_path / name
+        assert path in written
+        assert path.stat().st_size > 1000 or name == "report.md"
+    assert (tmp_path / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "report.md").read_text()
+    assert "peers = 4" in text and "1m15s" in text
+    assert not list(tmp_path.rglob(".*tmp*")), "no temporary files left behind"
+
+
+def test_failed_cells_are_listed_and_left_out_of_the_table(tmp_path: Path) -> None:
+    rows = [*grid_rows(), row("alie", "mean", 0, 0.0, status="error")]
+    write_report(rows, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Failed cells" in text and "RuntimeError: boom" in text
+    assert "| alie |" not in text
+
+
+def test_several_byzantine_counts_get_their_own_rows_and_curves(tmp_path: Path) -> None:
+    rows = [row("none", "mean", 0, 0.9), row("ipm", "mean", 0, 0.7, byzantine=2), row("ipm", "mean", 0, 0.4, byzantine=5)]
+    write_report(rows, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| ipm (2 Byz) | **70.0 ± 2.0** |" in text and "| ipm (5 Byz) | **40.0 ± 2.0** |" in text
+    assert (tmp_path / "curves" / "ipm-2byz.png").exists() and (tmp_path / "curves" / "ipm-5byz.png").exists()
+
+
+def test_ties_are_all_bold() -> None:
+    table = summarise([row("ipm", "mean", 0, 0.5), row("ipm", "median", 0, 0.5), row("ipm", "krum", 0, 0.4)])
+    assert table.best(("ipm", 3)) == {"mean", "median"}
+
+
+def test_load_results_skips_a_torn_line_and_keeps_the_latest_row_per_cell(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    first, retried = row("ipm", "mean", 0, 0.0, status="error"), row("ipm", "mean", 0, 0.3)
+    path.write_text(json.dumps(first) + "\n" + json.dumps(retried) + "\n" + '{"id": "x", "att')
+    assert load_results(path) == [retried]
