@@ -87,7 +87,7 @@ def sim(
     config.json, metrics.jsonl, summary.json, reputation.json, accuracy.png and adapters/peer-NN/
     (peft adapter directories) to --out.
     """
-    from p2pfed.sims.simulate import SimConfig, run_simulation
+    from p2pfed.sims.simulate import SimConfig, run_simulation, validate
 
     cfg = SimConfig(
         peers=peers,
@@ -116,6 +116,7 @@ def sim(
             seed=seed,
         ),
     )
+    validate(cfg)
     out = out or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
     click.echo(f"p2pfed sim: {peers} peers, {rounds} rounds, K={local_steps}, Q={gossip_steps}, rho={rho} "
                f"on {cfg.learn.task} with {model} over {transport}{' processes' if processes else ''} -> {out}")

@@ -77,6 +77,7 @@ class SimResult:
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
     out: Path | None
+    vectors: list[np.ndarray] = field(default_factory=list)  # each peer's final flat adapter vector
 
 
 def byzantine_indices(cfg: SimConfig) -> list[int]:
@@ -86,6 +87,15 @@ def byzantine_indices(cfg: SimConfig) -> list[int]:
         raise ConfigError("--byzantine needs an --attack (see `p2pfed sim --help` for the list)")
     rng = np.random.default_rng([cfg.seed, 0xB12])
     return sorted(int(i) for i in rng.choice(cfg.peers, size=cfg.byzantine, replace=False))
+
+
+def validate(cfg: SimConfig) -> None:
+    """Fail fast on options that cannot work, before anything slow (model loading) happens."""
+    byzantine_indices(cfg)
+    build_topology(cfg.topology, cfg.peers, degree=cfg.degree, p=cfg.edge_probability, seed=cfg.seed)
+    load_defence(cfg.defence, **cfg.defence_params)
+    if cfg.byzantine:
+        load_behaviour(cfg.attack, count=cfg.byzantine, **cfg.attack_params)
 
 
 def run_simulation(
@@ -103,6 +113,7 @@ def run_simulation(
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     started = time.perf_counter()
+    validate(cfg)
     model = model or TaskModel.load(cfg.learn)
     return trio.run(_simulate, cfg, model, out, progress, started, transport)
 
@@ -193,7 +204,7 @@ async def _simulate(
     summary = recorder.summary(wall)
     if out is not None:
         _write_run_dir(out, cfg, recorder, summary, peers, model)
-    return SimResult(summary=summary, rows=recorder.rows, out=out)
+    return SimResult(summary=summary, rows=recorder.rows, out=out, vectors=[p.vector for p in peers])
 
 
 async def _run_peers(peers: list[Peer], rounds: int) -> None:
@@ -251,9 +262,10 @@ class _Recorder:
         return f"round {self.curve[-1]['round']} acc {self.curve[-1]['honest_accuracy_mean']:.3f}"
 
     def _close_round(self, rnd: int, reports: list[RoundReport]) -> None:
+        reports = sorted(reports, key=lambda r: r.index)  # arrival order varies; float sums must not
         honest = [r for r in reports if not r.byzantine]
         mean = np.mean([r.vector for r in honest], axis=0)
-        for r in sorted(reports, key=lambda r: r.index):
+        for r in reports:
             self.rows.append(
                 {
                     "round": rnd,

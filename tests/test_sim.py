@@ -1,0 +1,111 @@
+"""`p2pfed sim` end to end on the real MiniLM and the real SMS-spam data (small and seeded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from p2pfed.cli.main import main
+from p2pfed.config import GossipConfig
+from p2pfed.learn import LearnConfig, TaskModel
+from p2pfed.sims.simulate import SimConfig, SimResult, run_simulation
+
+MAJORITY = 0.874  # SMS spam: share of "ham" in the test set
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model() -> TaskModel:
+    return TaskModel.load(LearnConfig(seed=3))
+
+
+def small(**changes: object) -> SimConfig:
+    base = SimConfig(
+        peers=4,
+        degree=2,
+        learn=LearnConfig(seed=3),
+        gossip=GossipConfig(rounds=4, local_steps=10, gossip_steps=2),
+    )
+    return SimConfig(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def run_dir(model: TaskModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SimResult]:
+    out = tmp_path_factory.mktemp("sim")
+    return out, run_simulation(small(), out=out, model=model)
+
+
+def test_a_small_non_iid_network_beats_the_majority_baseline(run_dir: tuple[Path, SimResult]) -> None:
+    _, result = run_dir
+    final = result.summary["final"]
+    assert final["honest_accuracy_mean"] > MAJORITY + 0.04
+    assert len(result.summary["curve"]) == 4
+
+
+def test_run_directory_has_every_output(run_dir: tuple[Path, SimResult]) -> None:
+    out, _ = run_dir
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * 4
+    for key in ("round", "peer", "accuracy", "loss", "consensus_distance", "bytes_sent", "bytes_received", "seconds"):
+        assert all(key in row for row in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"honest_accuracy_mean", "honest_accuracy_std"} <= set(summary["final"])
+    assert summary["wall_seconds"] > 0
+    assert json.loads((out / "config.json").read_text())["peers"] == 4
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "adapters").iterdir()) == [f"peer-{i:02d}" for i in range(4)]
+
+
+def test_saved_adapter_is_a_peft_directory_that_reproduces_the_peer(
+    run_dir: tuple[Path, SimResult], model: TaskModel
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from p2pfed.learn.models import resolve_model
+
+    out, result = run_dir
+    directory = resolve_model("minilm").directory
+    base = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2)
+    peft_model = PeftModel.from_pretrained(base, out / "adapters" / "peer-00").eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    rows = np.arange(0, 400, 4)
+    batch = tokenizer(model.pool_texts(rows), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    loaded = peft_model(**batch).logits.argmax(-1).numpy()
+    expected = model.logits(result.vectors[0], rows).argmax(-1)
+    assert (loaded == expected).mean() >= 0.99
+
+
+def test_same_seed_same_numbers(model: TaskModel, run_dir: tuple[Path, SimResult]) -> None:
+    _, first = run_dir
+    again = run_simulation(small(), model=model)
+    assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in first.rows]
+    assert [r["consensus_distance"] for r in again.rows] == [r["consensus_distance"] for r in first.rows]
+
+
+def test_byzantine_peers_are_excluded_and_listed(model: TaskModel) -> None:
+    result = run_simulation(small(peers=6, byzantine=1, attack="sign_flip", defence="mean"), model=model)
+    byzantine = result.summary["byzantine_peers"]
+    assert len(byzantine) == 1
+    assert all(row["accuracy"] is None for row in result.rows if row["peer"] in byzantine)
+    honest = [r["accuracy"] for r in result.rows if r["round"] == 3 and r["peer"] not in byzantine]
+    assert result.summary["final"]["honest_accuracy_mean"] == pytest.approx(np.mean(honest))
+
+
+def test_cli_reports_bad_options_without_a_traceback() -> None:
+    result = CliRunner().invoke(main, ["sim", "--peers", "4", "--degree", "4", "--rounds", "1"])
+    assert result.exit_code == 2
+    assert "no 4-regular graph on 4 peers" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_help_explains_the_options() -> None:
+    result = CliRunner().invoke(main, ["sim", "--help"])
+    assert result.exit_code == 0
+    for option in ("--peers", "--gossip-steps", "--rho", "--attack", "--defence", "--out"):
+        assert option in result.output
