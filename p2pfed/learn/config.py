@@ -28,7 +28,7 @@ class LearnConfig:
     test_size: int = 500  # global test set, held out (stratified) before the pool is partitioned
     seed: int = 0  # run seed: shared A, initial head, test split all derive from it
     optimizer: str = "adam"  # "adam" (fresh state on every train() call) or "sgd" (as in DFedSAM)
-    lr: float = 1e-2  # recommended local learning rate (train() takes lr explicitly)
+    lr: float = 3e-2  # recommended local learning rate (train() takes lr explicitly)
     rho: float = 0.05  # recommended SAM radius (train() takes rho explicitly)
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     feature_cache: bool = True  # cache frozen lower-layer outputs in memory and on disk
