@@ -24,11 +24,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from p2pfed.learn import TaskModel  # noqa: E402
 from p2pfed.sims import grid_runner  # noqa: E402
 from p2pfed.sims.experiment import ExperimentConfig, Grid, base_from_mapping  # noqa: E402
 from p2pfed.sims.simulate import SimConfig, run_simulation  # noqa: E402
-
-from p2pfed.learn import TaskModel  # noqa: E402
 
 
 def base_config(quick: bool) -> SimConfig:

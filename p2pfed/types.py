@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
@@ -15,7 +15,7 @@ FloatMatrix = npt.NDArray[np.float32]
 """Stacked flat vectors, one row per peer: shape (n, d)."""
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """What the defence of one honest peer decided about one neighbour's update in one gossip step."""
 
     KEPT = "kept"  # mixed in with a positive weight

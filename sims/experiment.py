@@ -17,10 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from p2pfed.sims.report import (
-    ATTACK_FREE,  # the baseline row: no attack, 0 Byzantine, once per defence/seed
-)
-from p2pfed.sims.simulate import SimConfig
 
 from p2pfed.attacks.base import Behaviour
 from p2pfed.attacks.registry import ATTACKS, SYBIL, load_behaviour
@@ -28,6 +24,10 @@ from p2pfed.config import GossipConfig, from_mapping
 from p2pfed.errors import ConfigError
 from p2pfed.learn import LearnConfig
 from p2pfed.robust.registry import DEFENCES, load_defence
+from p2pfed.sims.report import (
+    ATTACK_FREE,  # the baseline row: no attack, 0 Byzantine, once per defence/seed
+)
+from p2pfed.sims.simulate import SimConfig
 
 ALL = "all"  # in an attacks/defences list: every registered name
 # SimConfig fields the grid sets per cell; in [base] they would be silently overridden, so they are refused.

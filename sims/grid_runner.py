@@ -25,14 +25,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from p2pfed.sims.experiment import Cell, ExperimentConfig, to_toml
-from p2pfed.sims.report import load_results, write_report
-from p2pfed.sims.simulate import run_simulation
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from p2pfed.config import write_atomic
 from p2pfed.learn import LearnConfig, TaskModel
+from p2pfed.sims.experiment import Cell, ExperimentConfig, to_toml
+from p2pfed.sims.report import load_results, write_report
+from p2pfed.sims.simulate import run_simulation
 
 log = logging.getLogger(__name__)
 

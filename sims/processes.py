@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from p2pfed.sims.simulate import SimConfig, SimResult
 
 from p2pfed.config import RunManifest, write_atomic
 from p2pfed.daemon.runfile import RunFile
@@ -28,6 +27,7 @@ from p2pfed.learn.data import load_task, split_test
 from p2pfed.learn.models import resolve_model
 from p2pfed.learn.partition import partition
 from p2pfed.peer.checkpoint import load_checkpoint
+from p2pfed.sims.simulate import SimConfig, SimResult
 
 log = logging.getLogger(__name__)
 

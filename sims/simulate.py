@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import trio
-from p2pfed.sims.plots import plot_accuracy
 
 from p2pfed.attacks.base import Behaviour, Collusion
 from p2pfed.attacks.registry import load_behaviour
@@ -35,6 +34,7 @@ from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.peer.topology import build_topology
 from p2pfed.robust.registry import load_defence
 from p2pfed.robust.reputation import ReputationTable
+from p2pfed.sims.plots import plot_accuracy
 from p2pfed.wire import Identity, Schema
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_experiment_grid import Recorder, small
+
 from p2pfed.cli.main import main
 from p2pfed.sims.grid_runner import RESULTS, run_grid
-from test_experiment_grid import Recorder, small
 
 GRID = ["--attacks", "none,ipm", "--defences", "mean,bristle", "--byzantine", "1", "--peers", "6"]
 

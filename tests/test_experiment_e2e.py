@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from p2pfed.sims.experiment import ExperimentConfig, Grid, base_from_mapping
 from p2pfed.sims.grid_runner import RESULTS, run_grid
 from p2pfed.sims.report import load_results

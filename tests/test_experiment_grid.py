@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from p2pfed.attacks.registry import ATTACKS, SYBIL
+from p2pfed.errors import ConfigError
+from p2pfed.robust.registry import DEFENCES
 from p2pfed.sims.experiment import (
     Cell,
     ExperimentConfig,
@@ -19,10 +23,6 @@ from p2pfed.sims.experiment import (
 )
 from p2pfed.sims.grid_runner import RESULTS, run_grid
 from p2pfed.sims.report import load_results
-
-from p2pfed.attacks.registry import ATTACKS, SYBIL
-from p2pfed.errors import ConfigError
-from p2pfed.robust.registry import DEFENCES
 
 
 def small(**grid: Any) -> ExperimentConfig:

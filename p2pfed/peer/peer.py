@@ -27,7 +27,17 @@ from p2pfed.peer.topology import metropolis_row, renormalize
 from p2pfed.robust.base import Defence, DefenceInput
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.types import FloatVector, Outcome, Verdict
-from p2pfed.wire import Accepted, Admission, Identity, Inbox, Limits, RejectReason, Schema, open_envelope, seal
+from p2pfed.wire import (
+    Accepted,
+    Admission,
+    Identity,
+    Inbox,
+    Limits,
+    RejectReason,
+    Schema,
+    open_envelope,
+    seal,
+)
 
 log = logging.getLogger(__name__)
 
