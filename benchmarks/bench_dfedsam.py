@@ -1,6 +1,6 @@
 """DFedSAM-MGS versus D-PSGD on non-IID TREC, side by side from the same seeds.
 
-    python benchmarks/bench_dfedsam.py [--peers 16] [--alpha 0.3] [--rounds 10] [--seeds 0,1] [--target 0.75]
+    python benchmarks/bench_dfedsam.py [--peers 16] [--alpha 0.3] [--rounds 10] [--seeds 0,1] [--targets 0.5,0.6,0.7,0.75]
 
 Both runs use the same data split, topology, initial adapter and local step count K; they differ only in
 the algorithm: DFedSAM-MGS = SAM local steps (ρ > 0) + Q = 4 gossip steps per round; D-PSGD = plain local
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--target", type=float, default=0.75)
+    parser.add_argument("--targets", default="0.5,0.6,0.7,0.75", help="accuracies to report rounds-to-reach for")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
 
@@ -70,8 +70,9 @@ def main() -> None:
     print(f"{'round':>5}" + "".join(f"{n:>28}" for n in names))
     for r in range(args.rounds):
         print(f"{r + 1:>5}" + "".join(f"{mean_curves[n][r]:>28.4f}" for n in names))
-    print(f"rounds to reach {args.target}:" + "".join(
-        f"  {n}: {rounds_to(list(mean_curves[n]), args.target) or f'>{args.rounds}'}" for n in names))
+    for target in (float(t) for t in args.targets.split(",")):
+        print(f"rounds to reach {target}:" + "".join(
+            f"  {n}: {rounds_to(list(mean_curves[n]), target) or f'>{args.rounds}'}" for n in names))
     print("final sd across honest peers:" + "".join(f"  {n}: {np.mean(spread[n]):.4f}" for n in names))
     print("bytes sent per peer per round:" + "".join(f"  {n}: {np.mean(sent[n]) / 1e3:.0f} kB" for n in names))
 
