@@ -50,7 +50,8 @@ def rng_for(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, *stream])
 
 
-def load_task(task: str) -> TaskData:
+def load_task(task: str, *, label_names: tuple[str, ...] = ()) -> TaskData:
+    """A built-in task or a .jsonl file; `label_names` fixes a file's class order (a run's labels)."""
     if task == "sms-spam":
         return _load_sms_spam()
     if task == "trec":
@@ -59,7 +60,7 @@ def load_task(task: str) -> TaskData:
     if path.suffix == ".jsonl":
         if not path.is_file():
             raise ConfigError(f"task file {path} does not exist")
-        return load_jsonl(path)
+        return load_jsonl(path, label_names=label_names)
     raise ConfigError(
         f"unknown task {task!r}: use one of {BUILTIN_TASKS} or a path to a .jsonl file"
     )
@@ -114,8 +115,11 @@ def _load_trec() -> TaskData:
     )
 
 
-def load_jsonl(path: Path) -> TaskData:
-    """Rows are all `{"text", "label"}` (label: a class name or an int) or all `{"prompt", "response"}`."""
+def load_jsonl(path: Path, *, label_names: tuple[str, ...] = ()) -> TaskData:
+    """Rows are all `{"text", "label"}` (label: a class name or an int) or all `{"prompt", "response"}`.
+
+    Class names sort alphabetically unless `label_names` gives the order (then other names are errors).
+    """
     raw = path.read_bytes()
     rows: list[tuple[int, dict[str, object]]] = []
     for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
@@ -161,7 +165,7 @@ def load_jsonl(path: Path) -> TaskData:
             responses=tuple(str(r["response"]) for _, r in rows),
             digest=digest,
         )
-    labels, names = _encode_labels(path, rows)
+    labels, names = _encode_labels(path, rows, label_names)
     if len(names) < 2:
         raise DataError(f"{path}: classification needs at least 2 classes, found {len(names)}")
     return TaskData(
@@ -175,12 +179,15 @@ def load_jsonl(path: Path) -> TaskData:
 
 
 def _encode_labels(
-    path: Path, rows: list[tuple[int, dict[str, object]]]
+    path: Path, rows: list[tuple[int, dict[str, object]]], label_names: tuple[str, ...] = ()
 ) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
-    """Class names sort alphabetically; integer labels are used as given (classes 0..max)."""
+    """Class names sort alphabetically (or follow `label_names`); integer labels are used as given."""
     values = [(number, row["label"]) for number, row in rows]
     if all(isinstance(v, str) for _, v in values):
-        names = tuple(sorted({str(v) for _, v in values}))
+        names = tuple(label_names) or tuple(sorted({str(v) for _, v in values}))
+        for number, v in values:
+            if v not in names:
+                raise DataError(f"{path}:{number}: label {v!r} is not one of the run's labels {list(names)}")
         return np.asarray([names.index(str(v)) for _, v in values], dtype=np.int64), names
     for number, v in values:
         if isinstance(v, bool) or not isinstance(v, int):
@@ -191,7 +198,30 @@ def _encode_labels(
         if v < 0:
             raise DataError(f"{path}:{number}: label index must be >= 0, got {v}")
     labels = np.asarray([v for _, v in values], dtype=np.int64)
+    if label_names:
+        if int(labels.max()) >= len(label_names):
+            raise DataError(f"{path}: label index {int(labels.max())} is beyond the run's {len(label_names)} labels")
+        return labels, tuple(label_names)
     return labels, tuple(str(i) for i in range(int(labels.max()) + 1))
+
+
+def append_eval(data: TaskData, extra: TaskData) -> tuple[TaskData, npt.NDArray[np.int64]]:
+    """`data` followed by `extra`'s rows, and the indices of those rows (an explicit test set)."""
+    if extra.kind != data.kind or extra.label_names != data.label_names:
+        raise DataError(
+            f"evaluation data {extra.name} ({extra.kind}, labels {list(extra.label_names)}) does not match "
+            f"{data.name} ({data.kind}, labels {list(data.label_names)})"
+        )
+    merged = TaskData(
+        name=data.name,
+        kind=data.kind,
+        texts=data.texts + extra.texts,
+        labels=np.concatenate([data.labels, extra.labels]),
+        label_names=data.label_names,
+        responses=data.responses + extra.responses,
+        digest=hashlib.sha256((data.digest + extra.digest).encode()).hexdigest(),
+    )
+    return merged, np.arange(len(data), len(merged), dtype=np.int64)
 
 
 def split_test(

@@ -97,6 +97,9 @@ class Libp2pTransport:
         self._incoming_in = send_in
         self._hello_in, self._hello_out = trio.open_memory_channel[str](1024)
         self._members: dict[str, tuple[str, ...]] = {}  # run members seen, with their addrs
+        self._degrees: dict[str, int] = {}  # neighbours' own neighbour counts, from their presence
+        self._rounds: dict[str, int] = {}  # neighbours' current rounds, as they last announced them
+        self.local_round = -1  # our round, announced in presence (the round loop's owner sets it)
         self._neighbours: dict[str, None] = {}  # insertion-ordered set, bounded by max_neighbours
         self._dialing: set[str] = set()
         self._send_slots: dict[str, trio.Semaphore] = {}
@@ -139,6 +142,16 @@ class Libp2pTransport:
     def neighbours(self) -> list[str]:
         connected = {p.to_base58() for p in self._host.get_connected_peers()}
         return [p for p in self._neighbours if p in connected]
+
+    def neighbour_degrees(self) -> dict[str, int]:
+        """Each neighbour's degree as it last announced it (Metropolis weights need them). A neighbour
+        not heard from yet counts with our own degree: weights stay valid, only symmetry is approximate."""
+        current = self.neighbours()
+        return {p: max(1, self._degrees.get(p, len(current))) for p in current}
+
+    def neighbour_rounds(self) -> dict[str, int]:
+        """Each neighbour's round as it last announced it (unsigned hints; -1 and unknown left out)."""
+        return {p: self._rounds[p] for p in self.neighbours() if self._rounds.get(p, -1) >= 0}
 
     async def send(self, to: str, data: bytes) -> bool:
         """Deliver one frame to `to`. Bounded in time; False (and a counter) on any failure."""
@@ -333,7 +346,7 @@ class Libp2pTransport:
     # -------------------------------------------------------------- presence
     def _presence(self) -> Presence:
         peers = tuple((p, self._members.get(p, ())) for p in self.neighbours())
-        return Presence(self.config.run_digest.hex(), tuple(self.listen_addrs), peers)
+        return Presence(self.config.run_digest.hex(), tuple(self.listen_addrs), peers, self.local_round)
 
     def _on_connected(self, peer: str) -> None:
         try:
@@ -384,6 +397,8 @@ class Libp2pTransport:
             self._count("presence_rejected")
             return
         self._members[peer] = presence.addrs
+        self._degrees[peer] = len(presence.peers)
+        self._rounds[peer] = presence.round
         if peer not in self._neighbours and len(self._neighbours) < self.config.max_neighbours:
             self._neighbours[peer] = None
             self._notify()
@@ -432,6 +447,9 @@ class Libp2pTransport:
                 continue
             presence = Presence.decode(msg.data)
             if presence is not None:
+                if sender in self._neighbours:
+                    self._degrees[sender] = len(presence.peers)
+                    self._rounds[sender] = presence.round
                 self._explore(((sender, presence.addrs), *presence.peers))
 
     async def _announce_loop(self) -> None:

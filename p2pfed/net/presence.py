@@ -21,10 +21,12 @@ class Presence:
     run: str  # hex run digest
     addrs: tuple[str, ...]  # the sender's own listen multiaddrs
     peers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (peer ID, addrs) of other run members
+    round: int = -1  # the sender's current round (a hint for late joiners); -1 = not in a round yet
 
     def encode(self) -> bytes:
         body = {
             "run": self.run,
+            "round": self.round,
             "addrs": list(self.addrs[:MAX_ADDRS]),
             "peers": {pid: list(a[:MAX_ADDRS]) for pid, a in self.peers[:MAX_PEERS]},
         }
@@ -50,7 +52,9 @@ class Presence:
             if len(pid) > _MAX_FIELD or not _str_list(peer_addrs):
                 return None
             known.append((pid, tuple(peer_addrs)))
-        return cls(run, tuple(addrs), tuple(known))
+        claimed = body.get("round", -1)
+        valid = isinstance(claimed, int) and not isinstance(claimed, bool) and 0 <= claimed < 2**53
+        return cls(run, tuple(addrs), tuple(known), claimed if valid else -1)
 
 
 def _str_list(value: object) -> bool:

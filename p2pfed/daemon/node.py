@@ -1,0 +1,351 @@
+"""One peer of a live network: identity + run manifest + TaskModel + libp2p transport + `Peer` + status.
+
+`Node.load` does the blocking part (check the manifest against the local model, load model and data,
+restore the checkpoint); `Node.run` serves until the last round or until cancelled. Every round ends with
+an atomic checkpoint, a metrics row and a status update, so a killed node loses at most the round it was
+in. A resumed node re-runs that round from the same state with the same seeds, so it re-sends the same
+payloads (duplicates, not equivocations) and catches up with its neighbours' median round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from p2pfed.config import GossipConfig, RunManifest
+from p2pfed.daemon.files import (
+    IDENTITY_FILE,
+    claim_directory,
+    load_or_create_identity,
+    swap_adapter,
+)
+from p2pfed.daemon.runfile import RunFile
+from p2pfed.daemon.status import STATUS_FILE, NodeStatus, append_metrics, metrics_row, progress_line
+from p2pfed.errors import CheckpointError, ConfigError, NetworkError
+from p2pfed.learn import LearnConfig, TaskModel, split_validation
+from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
+from p2pfed.peer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from p2pfed.peer.local import LocalModel
+from p2pfed.peer.peer import TENSOR, Peer, RoundReport
+from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
+from p2pfed.robust.reputation import ReputationTable
+from p2pfed.wire import Identity, Schema
+
+log = logging.getLogger(__name__)
+
+SETTLE_QUIET_S = 1.0  # before round 0: no new neighbour for this long means discovery has settled
+SETTLE_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    run_file: Path
+    data: Path  # the peer's private .jsonl
+    out: Path = Path("p2pfed-node")
+    eval_data: Path | None = None  # test rows; default: `eval_size` rows held out of `data`
+    identity: Path | None = None  # default: <out>/identity.key, created on first start
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = False
+    gossip: GossipConfig | None = None  # None: the run file's [gossip] table
+    defence: str = DEFAULT_DEFENCE
+    defence_params: dict[str, Any] = field(default_factory=dict)
+    max_neighbours: int = 16
+    min_neighbours: int = 1  # round 0 waits for this many neighbours
+    neighbour_wait_s: float = 600.0  # give up (error) if they do not show up by then
+    val_fraction: float = 0.15  # of the training rows, held out for the defence's validation scores
+    eval_size: int = 200  # held-out evaluation rows when there is no --eval file (at most 1/5 of the data)
+    evaluate_every: int = 1
+    threads: int = 0  # torch threads; 0 = torch's default
+    announce_interval_s: float = 5.0  # presence (peer exchange, degrees) on the run's gossip topic
+    index: int | None = None  # seed stream of this peer; None: derived from the peer ID (simulations set it)
+
+
+Progress = Callable[[str], None]
+
+
+def peer_index(peer_id: str) -> int:
+    """A stable per-peer integer for seed streams (simulations number peers; a network cannot)."""
+    return int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "big")
+
+
+def check_base_model(manifest: RunManifest) -> None:
+    """Refuse to join with a base model whose content differs from the one the run pinned."""
+    from p2pfed.learn.models import resolve_model
+
+    if not manifest.base_hash:
+        log.warning("the run manifest pins no base_hash: peers cannot check they share the base model")
+        return
+    local = resolve_model(manifest.model).base_hash
+    if local != manifest.base_hash:
+        raise ConfigError(
+            f"the local base model {manifest.model!r} has content hash {local[:16]}…, but the run pins "
+            f"{manifest.base_hash[:16]}…: install the exact model the run was created with"
+        )
+
+
+def _count_rows(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+class Node:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        run: RunFile,
+        identity: Identity,
+        model: TaskModel,
+        resume: Checkpoint | None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.manifest = run.manifest
+        self.gossip = cfg.gossip or run.gossip
+        self.identity = identity
+        self.model = model
+        self.run_digest = self.manifest.digest()
+        self.progress = progress or (lambda line: log.info("%s", line))
+        self.out = Path(cfg.out)
+        self.transport = Libp2pTransport(
+            identity,
+            Libp2pConfig(
+                run_digest=self.run_digest,
+                listen_addrs=cfg.listen,
+                bootstrap=cfg.bootstrap,
+                enable_mdns=cfg.mdns,
+                max_neighbours=cfg.max_neighbours,
+                announce_interval_s=cfg.announce_interval_s,
+            ),
+        )
+        self._index = peer_index(identity.peer_id) if cfg.index is None else cfg.index
+        self._resumed = resume is not None
+        self.peer = self._build_peer(
+            start_round=0 if resume is None else resume.round,
+            initial=model.initial_vector() if resume is None else resume.vector,
+            reputation=ReputationTable.from_dict(resume.reputation) if resume else ReputationTable(),
+        )
+        self.status = NodeStatus(
+            path=self.out / STATUS_FILE,
+            peer_id=identity.peer_id,
+            run_topic=self.manifest.topic,
+            rounds=self.gossip.rounds,
+            round=self.peer.round,
+            resumed_from=None if resume is None else resume.round,
+        )
+        self._adapter_due = trio.Event()
+        self._adapter_vector: np.ndarray | None = None
+
+    def _build_peer(
+        self, *, start_round: int, initial: np.ndarray, reputation: ReputationTable, adopt: bool = False
+    ) -> Peer:
+        seed = self.manifest.seed
+        train_idx, val_idx = split_validation(
+            np.arange(self.model.pool_size), self.cfg.val_fraction, np.random.default_rng([seed, self._index, 0xA1])
+        )
+        return Peer(
+            index=self._index,
+            identity=self.identity,
+            transport=self.transport,
+            local=LocalModel(self.model, train_idx, val_idx, self.gossip),
+            run_digest=self.run_digest,
+            schema=Schema.from_tensors({TENSOR: np.zeros(self.model.dim, dtype=np.float32)}),
+            neighbour_degrees={},
+            gossip=self.gossip,
+            defence=load_defence(self.cfg.defence, **self.cfg.defence_params),
+            initial=initial,
+            seed=seed,
+            compute=trio.CapacityLimiter(1),
+            reputation=reputation,
+            on_round=self._on_round,
+            evaluate_every=self.cfg.evaluate_every,
+            start_round=start_round,
+            neighbourhood=self.transport.neighbour_degrees,
+            adopt_neighbours=adopt,
+        )
+
+    def _join_late(self) -> None:
+        """A fresh node whose neighbours are already past round 0 starts at their (median) round and takes
+        their adapters at its first mix instead of training from scratch. The rounds are unsigned hints;
+        the median keeps one liar from moving us, and the Peer re-checks against signed updates."""
+        rounds = list(self.transport.neighbour_rounds().values())
+        target = int(np.median(rounds)) if rounds else 0
+        if self._resumed or target <= 0:
+            return
+        self.progress(f"the network is at round {target + 1}: starting there from the neighbours' adapters")
+        self.peer = self._build_peer(
+            start_round=target, initial=self.peer.vector, reputation=self.peer.reputation, adopt=True
+        )
+        self.status.round = target
+
+    # ------------------------------------------------------------------ loading (blocking)
+    @classmethod
+    def load(cls, cfg: NodeConfig, *, progress: Progress | None = None) -> Node:
+        say = progress or (lambda line: log.info("%s", line))
+        run = RunFile.load(cfg.run_file)
+        manifest = run.manifest
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        identity = load_or_create_identity(cfg.identity or out / IDENTITY_FILE)
+        claim_directory(out, manifest, identity)
+        check_base_model(manifest)
+        if not cfg.data.is_file():
+            raise ConfigError(f"data file {cfg.data} does not exist")
+        rows = _count_rows(cfg.data)
+        learn = LearnConfig(
+            model=manifest.model,
+            task=str(cfg.data),
+            lora_mode=manifest.lora_mode,
+            lora_rank=manifest.lora_rank,
+            lora_alpha=manifest.lora_alpha,
+            adapt_layers=manifest.adapt_layers,
+            max_tokens=manifest.max_tokens,
+            seed=manifest.seed,
+            test_size=max(1, min(cfg.eval_size, rows // 5)),
+            threads=cfg.threads,
+        )
+        say(f"loading {manifest.model} and {cfg.data.name} ({rows} rows)")
+        model = TaskModel.load(
+            learn,
+            progress=say,
+            eval_task=None if cfg.eval_data is None else str(cfg.eval_data),
+            label_names=manifest.labels,
+        )
+        if manifest.labels and tuple(model.label_names) != tuple(manifest.labels):
+            raise ConfigError(
+                f"{cfg.data} has labels {list(model.label_names)}, the run's are {list(manifest.labels)}"
+            )
+        resume = load_checkpoint(out)
+        if resume is not None:
+            if resume.run_digest and resume.run_digest != manifest.digest().hex():
+                raise CheckpointError(f"the checkpoint in {out} belongs to another run; use another --out")
+            if resume.vector.shape != (model.dim,):
+                raise CheckpointError(
+                    f"the checkpoint in {out} holds {resume.vector.size} values, this model needs {model.dim}"
+                )
+            say(f"resuming from the checkpoint in {out}: next round {resume.round + 1}")
+        return cls(cfg, run, identity, model, resume, say)
+
+    # ------------------------------------------------------------------ serving
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, wait for neighbours, run the rounds. Cancel to stop: the last round's checkpoint stays."""
+        finished = False
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.transport.run)
+                self.status.listen_addrs = self.transport.listen_addrs
+                self.status.state = "waiting"
+                self._refresh_status()
+                nursery.start_soon(self._status_loop)
+                nursery.start_soon(self._adapter_writer)
+                task_status.started()
+                await self._wait_for_neighbours()
+                self._join_late()
+                self.transport.local_round = self.peer.round
+                self.status.state, self.status.message = "running", ""
+                await self.peer.run(rounds=self.gossip.rounds)
+                await self._save_adapter(self.peer.vector)
+                finished = True
+                nursery.cancel_scope.cancel()
+        finally:
+            self.status.state = "finished" if finished else "stopped"
+            self._refresh_status(live=False)
+            self.progress(f"{self.status.state} at round {self.peer.round}; files in {self.out}")
+
+    async def _wait_for_neighbours(self) -> None:
+        need = self.cfg.min_neighbours
+        with trio.move_on_after(self.cfg.neighbour_wait_s) as scope:
+            while len(self.transport.neighbours()) < need:
+                have = len(self.transport.neighbours())
+                self.status.message = f"waiting for neighbours ({have}/{need})"
+                self.progress(f"{self.status.message} · listening on {', '.join(self.transport.listen_addrs)}")
+                with trio.move_on_after(10):
+                    await self.transport.wait_neighbours(need)
+        if scope.cancelled_caught:
+            raise NetworkError(
+                f"no {need} neighbour(s) of this run within {self.cfg.neighbour_wait_s:.0f} s: check --bootstrap "
+                "(a /ip4/.../tcp/.../p2p/<id> address of a running peer) or try --mdns on a LAN"
+            )
+        await self._settle_neighbours()
+        self.progress(f"{len(self.transport.neighbours())} neighbour(s); starting at round {self.peer.round + 1}")
+
+    async def _settle_neighbours(self) -> None:
+        """Let peer exchange finish: a neighbour that arrives mid-round is only used from the next round,
+        and until then it waits a whole step deadline for us."""
+        with trio.move_on_after(SETTLE_MAX_S):
+            while True:
+                with trio.move_on_after(SETTLE_QUIET_S) as quiet:
+                    await self.transport.wait_neighbours(len(self.transport.neighbours()) + 1)
+                if quiet.cancelled_caught:
+                    return
+
+    def _on_round(self, report: RoundReport) -> None:
+        state = Checkpoint(
+            round=report.round + 1,
+            vector=report.vector,
+            reputation=self.peer.reputation.to_dict(),
+            run_digest=self.run_digest.hex(),
+        )
+        save_checkpoint(self.out, state)
+        self.transport.local_round = report.round + 1
+        neighbours = len(self.transport.neighbours())
+        append_metrics(self.out, metrics_row(report, neighbours))
+        self.status.round = report.round + 1
+        self.status.rejections = dict(report.rejections)
+        if report.accuracy is not None:
+            self.status.last_eval = {"round": report.round, "accuracy": report.accuracy, "loss": report.loss}
+        self._refresh_status()
+        self.progress(progress_line(report, self.gossip.rounds, neighbours, self.transport.counters))
+        self._adapter_vector = report.vector
+        self._adapter_due.set()
+
+    def _refresh_status(self, *, live: bool = True) -> None:
+        """`live=False` (the host is closed): keep the last neighbour list, refresh the rest."""
+        degrees = self.transport.neighbour_degrees() if live else {
+            pid: info["degree"] for pid, info in self.status.neighbours.items()
+        }
+        self.status.neighbours = {
+            pid: {"reputation": round(self.peer.reputation.score(pid), 4), "degree": degree}
+            for pid, degree in degrees.items()
+        }
+        self.status.transport = dict(self.transport.counters)
+        self.status.write()
+
+    async def _status_loop(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self._refresh_status()
+
+    async def _adapter_writer(self) -> None:
+        while True:
+            await self._adapter_due.wait()
+            self._adapter_due = trio.Event()
+            if self._adapter_vector is not None:
+                await self._save_adapter(self._adapter_vector)
+
+    async def _save_adapter(self, vector: np.ndarray) -> None:
+        await trio.to_thread.run_sync(swap_adapter, self.model, vector, self.out, limiter=self.peer.compute)
+
+
+async def serve(node: Node) -> None:
+    """Run `node` until it finishes or SIGINT/SIGTERM arrives (then it stops cleanly; exit status 0)."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    node.progress(f"{signal.Signals(signum).name}: stopping (the last round's checkpoint is kept)")
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            await node.run()
+            nursery.cancel_scope.cancel()
