@@ -91,7 +91,7 @@ class Libp2pTransport:
         for proto in GOSSIP_PROTOCOLS:
             self._host.set_stream_handler(proto, self._guarded_pubsub_handler)
         network.register_notifee(
-            ConnectionEvents(self._on_connected, lambda: self._count("peer_disconnected"))
+            ConnectionEvents(self._on_connected, self._on_disconnected)
         )
         send_in, self._incoming = trio.open_memory_channel[Delivery](config.incoming_capacity)
         self._incoming_in = send_in
@@ -390,6 +390,14 @@ class Libp2pTransport:
         self._learn(remote, Presence.decode(body))
         await write_frame(stream, self._presence().encode(), stall_s=2, total_s=5)
         await quietly(stream.close)
+
+    def _on_disconnected(self) -> None:
+        """Free the slots of neighbours we no longer have any connection to (they rejoin by hello)."""
+        self._count("peer_disconnected")
+        connected = {p.to_base58() for p in self._host.get_connected_peers()}
+        for gone in [p for p in self._neighbours if p not in connected]:
+            del self._neighbours[gone]
+            log.debug("%s: neighbour %s left", self.local_id[-6:], gone[-6:])
 
     def _learn(self, peer: str, presence: Presence | None) -> None:
         """Record `peer` (authenticated by its connection) as a run member if it says it is one."""

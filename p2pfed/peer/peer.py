@@ -166,6 +166,12 @@ class Peer:
         if self.neighbourhood is not None:
             self.neighbour_degrees = dict(self.neighbourhood())
 
+    def _is_neighbour(self, peer: str) -> bool:
+        """A neighbour now; in a live network also one that connected since our last refresh."""
+        if peer in self.neighbour_degrees:
+            return True
+        return self.neighbourhood is not None and peer in self.neighbourhood()
+
     def _catch_up(self) -> None:
         """Skip to the network's round when most neighbours are ahead of us (we joined late or were down).
 
@@ -226,6 +232,7 @@ class Peer:
 
     async def gossip_step(self, rnd: int, step: int) -> list[Verdict]:
         """Send our vector, collect our neighbours', defend and mix. Returns the verdicts for reputation."""
+        self._refresh_neighbourhood()  # a live network's neighbours come and go between steps
         # We send to every neighbour (a quarantined one may be waiting for us, and sending is cheap), but
         # wait only for those we trust: a quarantined neighbour never holds up our round.
         everyone = list(self.neighbour_degrees)
@@ -331,7 +338,7 @@ class Peer:
             if delivery.remote in self.neighbour_degrees and not late:
                 self._buffer_for_current().invalid.add(delivery.remote)
             return
-        if verdict.sender not in self.neighbour_degrees:
+        if not self._is_neighbour(verdict.sender):
             self._reject(delivery.remote, "not_a_neighbour", "")
             return
         self._latest_round[verdict.sender] = max(verdict.round, self._latest_round.get(verdict.sender, -1))
@@ -369,7 +376,8 @@ class Peer:
     async def _defend_and_mix(self, rnd: int, step: int) -> list[Verdict]:
         buffer = self._buffers.get((rnd, step), _StepBuffer())
         quarantined = [s for s in buffer.updates if self.reputation.is_quarantined(s)]
-        arrived = sorted(s for s in buffer.updates if s not in quarantined)
+        # only this step's neighbours are mixed: one that connected mid-step joins at the next step
+        arrived = sorted(s for s in buffer.updates if s not in quarantined and s in self.neighbour_degrees)
         self_weight, weights = metropolis_row(len(self.neighbour_degrees), self.neighbour_degrees)
         if self._adopt and arrived:
             self_weight, self._adopt = 0.0, False
