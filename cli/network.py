@@ -86,6 +86,9 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
 @click.option("--listen", multiple=True, default=["/ip4/0.0.0.0/tcp/4001"], show_default=True,
               help="Listen multiaddr (repeatable); tcp/0 picks a free port.")
 @click.option("--bootstrap", multiple=True, help="/ip4/.../tcp/.../p2p/<peer ID> of a running peer (repeatable).")
+@click.option("--announce", multiple=True,
+              help="Address other peers should dial, e.g. /ip4/<public IP>/tcp/4001 (repeatable); "
+                   "needed when listening on 0.0.0.0 behind a known public address.")
 @click.option("--mdns", is_flag=True, help="Also discover peers of the run on the local network.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
               help="Node directory: checkpoint, metrics.jsonl, status.json, adapter/, node.log.")
@@ -107,6 +110,7 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
 @click.option("--index", type=int, default=None, hidden=True,
               help="Seed stream of this peer (simulations: the peer's number); default from the peer ID.")
 def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...],
+         announce: tuple[str, ...],
          mdns: bool, out: Path, key: Path | None, rounds: int | None, local_steps: int | None,
          gossip_steps: int | None, step_timeout: float | None, defence: str | None,
          defence_param: tuple[str, ...], max_neighbours: int, min_neighbours: int, neighbour_wait: float,
@@ -132,7 +136,7 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
     gossip = dataclasses.replace(RunFile.load(run_file).gossip, **{k: v for k, v in overrides.items() if v is not None})
     cfg = NodeConfig(
         run_file=run_file, data=data, out=out, eval_data=eval_data, identity=key, listen=listen,
-        bootstrap=bootstrap, mdns=mdns, gossip=gossip, defence=defence or DEFAULT_DEFENCE,
+        bootstrap=bootstrap, announce=announce, mdns=mdns, gossip=gossip, defence=defence or DEFAULT_DEFENCE,
         defence_params=_parse_params(defence_param), max_neighbours=max_neighbours,
         min_neighbours=min_neighbours, neighbour_wait_s=neighbour_wait, eval_size=eval_size, threads=threads,
         index=index,

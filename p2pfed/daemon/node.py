@@ -54,6 +54,7 @@ class NodeConfig:
     identity: Path | None = None  # default: <out>/identity.key, created on first start
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: tuple[str, ...] = ()
+    announce: tuple[str, ...] = ()  # addresses to tell other peers (a public IP behind 0.0.0.0)
     mdns: bool = False
     gossip: GossipConfig | None = None  # None: the run file's [gossip] table
     defence: str = DEFAULT_DEFENCE
@@ -121,6 +122,7 @@ class Node:
                 run_digest=self.run_digest,
                 listen_addrs=cfg.listen,
                 bootstrap=cfg.bootstrap,
+                announce_addrs=cfg.announce,
                 enable_mdns=cfg.mdns,
                 max_neighbours=cfg.max_neighbours,
                 announce_interval_s=cfg.announce_interval_s,

@@ -42,6 +42,8 @@ class Libp2pConfig:
     run_digest: bytes  # names the gossip topic; peers of another run are never neighbours
     listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
     bootstrap: tuple[str, ...] = ()  # /ip4/.../tcp/.../p2p/<id> addresses dialled at start
+    # addresses other peers should dial (e.g. a public IP when listening on 0.0.0.0); default: listen addrs
+    announce_addrs: tuple[str, ...] = ()
     enable_mdns: bool = False
     max_frame_bytes: int = 64 * 1024 * 1024  # above any adapter of a supported model
     max_neighbours: int = 16
@@ -346,7 +348,15 @@ class Libp2pTransport:
     # -------------------------------------------------------------- presence
     def _presence(self) -> Presence:
         peers = tuple((p, self._members.get(p, ())) for p in self.neighbours())
-        return Presence(self.config.run_digest.hex(), tuple(self.listen_addrs), peers, self.local_round)
+        return Presence(self.config.run_digest.hex(), self.announced_addrs(), peers, self.local_round)
+
+    def announced_addrs(self) -> tuple[str, ...]:
+        """What we tell others to dial: --announce addresses (with our ID), else the listen addresses
+        that a remote can reach (0.0.0.0 and :: are not addresses anyone can dial)."""
+        if self.config.announce_addrs:
+            suffix = f"/p2p/{self.local_id}"
+            return tuple(a if a.endswith(suffix) else a + suffix for a in self.config.announce_addrs)
+        return tuple(a for a in self.listen_addrs if "/ip4/0.0.0.0/" not in a and "/ip6/::/" not in a)
 
     def _on_connected(self, peer: str) -> None:
         try:
