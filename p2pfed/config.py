@@ -83,11 +83,16 @@ def from_mapping(cls: type, data: dict[str, Any], *, source: str) -> Any:
         raise ConfigError(f"{source}: {exc}") from exc
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old or the new content, never a torn one."""
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write a file so that readers see either the old or the new content, never a torn one.
+
+    The file is created 0600 (as `mkstemp` does) unless `mode` says otherwise.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -27,7 +27,7 @@ from p2pfed.learn.data import load_task, split_test
 from p2pfed.learn.models import resolve_model
 from p2pfed.learn.partition import partition
 from p2pfed.peer.checkpoint import load_checkpoint
-from p2pfed.sims.simulate import SimConfig, SimResult
+from p2pfed.sims.simulate import SimConfig, SimResult, manifest_of
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,8 @@ def export_shards(
 
 def manifest_for(cfg: SimConfig) -> RunManifest:
     data = load_task(cfg.learn.task)
-    return RunManifest(
-        model=cfg.learn.model,
-        base_hash=resolve_model(cfg.learn.model).base_hash,
-        task=data.name,
-        labels=tuple(data.label_names),
-        lora_mode=cfg.learn.lora_mode,
-        lora_rank=cfg.learn.lora_rank,
-        lora_alpha=cfg.learn.lora_alpha,
-        adapt_layers=cfg.learn.adapt_layers,
-        max_tokens=cfg.learn.max_tokens,
-        seed=cfg.seed,
+    return manifest_of(
+        cfg.learn, base_hash=resolve_model(cfg.learn.model).base_hash, task=data.name, labels=tuple(data.label_names)
     )
 
 

@@ -213,20 +213,24 @@ async def _run_peers(peers: list[Peer], rounds: int) -> None:
             nursery.start_soon(lambda p=peer: p.run(rounds=rounds))
 
 
-def _run_digest(cfg: SimConfig, model: TaskModel) -> bytes:
-    manifest = RunManifest(
-        model=cfg.learn.model,
-        base_hash=model.base_hash,
-        task=cfg.learn.task,
-        labels=tuple(model.label_names),
-        lora_mode=cfg.learn.lora_mode,
-        lora_rank=cfg.learn.lora_rank,
-        lora_alpha=cfg.learn.lora_alpha,
-        adapt_layers=cfg.learn.adapt_layers,
-        max_tokens=cfg.learn.max_tokens,
-        seed=cfg.seed,
+def manifest_of(learn: LearnConfig, *, base_hash: str, task: str, labels: tuple[str, ...]) -> RunManifest:
+    """The run manifest a simulation's peers (or its `join` processes) agree on."""
+    return RunManifest(
+        model=learn.model,
+        base_hash=base_hash,
+        task=task,
+        labels=labels,
+        lora_mode=learn.lora_mode,
+        lora_rank=learn.lora_rank,
+        lora_alpha=learn.lora_alpha,
+        adapt_layers=learn.adapt_layers,
+        max_tokens=learn.max_tokens,
+        seed=learn.seed,
     )
-    return manifest.digest()
+
+
+def _run_digest(cfg: SimConfig, model: TaskModel) -> bytes:
+    return manifest_of(cfg.learn, base_hash=model.base_hash, task=cfg.learn.task, labels=tuple(model.label_names)).digest()
 
 
 class _Recorder:

@@ -9,8 +9,6 @@ Key files use libp2p's format (protobuf `PrivateKey{Type=Ed25519, Data=32-byte s
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from p2pfed.config import write_atomic
 from p2pfed.errors import CheckpointError
 
 _ED25519 = 1  # libp2p crypto.proto KeyType.Ed25519
@@ -114,19 +113,7 @@ class Identity:
 
     def save(self, path: str | Path) -> None:
         """Write the key atomically, mode 0600, in libp2p's private-key file format."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(_key_protobuf(self.private_seed()))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(Path(path), _key_protobuf(self.private_seed()), mode=0o600)
 
     @classmethod
     def load(cls, path: str | Path) -> Identity:
