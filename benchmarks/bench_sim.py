@@ -10,8 +10,9 @@
    - `p2pfed sim`: the same with the frozen lower layers computed once and shared (the default).
    The first ratio is the cost of everything that is not training (goal ≥ 0.9); the second is what sharing
    the frozen base buys.
-2. Peak memory per additional peer: peak RSS of a 2-peer and a 2+N-peer simulation (each in its own
-   process), divided by N, next to the size of the base model's weights.
+2. Memory per additional peer: how much the resident set grows over the loaded model while a 2-peer and a
+   2+N-peer simulation run (each in a fresh process), the difference divided by N, next to the size of the
+   base model's weights (what a peer would cost if the frozen base were copied).
 ρ = 0 everywhere, so that a step is one forward/backward in all setups (SAM would double every setup alike).
 """
 
@@ -102,16 +103,25 @@ def plain_peft_steps_per_second(steps: int, learn: LearnConfig) -> float:
     return steps / (time.perf_counter() - started)
 
 
-def peak_rss_mb(peers: int) -> float:
-    """Peak RSS of a simulation of `peers` peers, in a fresh process."""
-    code = (
-        "import resource, sys; sys.argv=['x'];"
-        "from benchmarks.bench_sim import sim_config; from p2pfed.sims.simulate import run_simulation;"
-        f"run_simulation(sim_config({peers}, 1, 2, True));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def simulation_growth_mb(peers: int) -> tuple[float, float]:
+    """(resident MB after loading the shared model, peak growth over that while `peers` peers run)."""
+    model = TaskModel.load(LearnConfig())
+    loaded = rss_mb()
+    samples = [loaded]
+    run_simulation(sim_config(peers, 2, 2, True), model=model, progress=lambda *_: samples.append(rss_mb()))
+    return loaded, max(samples) - loaded
+
+
+def growth_in_fresh_process(peers: int) -> tuple[float, float]:
+    code = f"from benchmarks.bench_sim import simulation_growth_mb; print(*simulation_growth_mb({peers}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    loaded, growth = out.stdout.strip().splitlines()[-1].split()
+    return float(loaded), float(growth)
 
 
 def main() -> None:
@@ -135,13 +145,14 @@ def main() -> None:
     ):
         print(f"  {name:<34}{value:>14.2f}{value / plain:>14.2f}×")
 
-    small, large = peak_rss_mb(2), peak_rss_mb(2 + args.memory_peers)
+    (loaded, small), (_, large) = growth_in_fresh_process(2), growth_in_fresh_process(2 + args.memory_peers)
     base = TaskModel.load(LearnConfig()).peft_model
     base_mb = sum(p.numel() * p.element_size() for p in base.parameters()) / 2**20
     per_peer = (large - small) / args.memory_peers
-    print(f"memory: peak RSS {small:.0f} MB with 2 peers, {large:.0f} MB with {2 + args.memory_peers}")
+    print(f"memory: {loaded:.0f} MB resident once the shared model and features are loaded;")
+    print(f"  while running, RSS grows {small:.1f} MB with 2 peers and {large:.1f} MB with {2 + args.memory_peers}")
     print(f"  per additional peer: {per_peer:.2f} MB  (base model weights: {base_mb:.1f} MB;"
-          f" ratio {per_peer / base_mb:.3f})")
+          f" ratio {per_peer / base_mb:.4f})")
     print(json.dumps({"plain": plain, "sim_uncached": uncached, "sim": cached, "mb_per_peer": per_peer,
                       "base_mb": base_mb}))
 

@@ -130,8 +130,10 @@ class Peer:
         self.rejections: Counter[str] = Counter()
         self._buffers: dict[tuple[int, int], _StepBuffer] = {}
         self._arrival = trio.Event()
-        self._sent: deque[tuple[int, int, bytes]] = deque(maxlen=4 * max(1, gossip.gossip_steps))
-        self._received: deque[tuple[int, int, str, FloatVector]] = deque(maxlen=64)
+        # What replay and free-rider attacks draw on; an honest peer keeps none of it (memory per peer).
+        history = 4 * max(1, gossip.gossip_steps) if self.byzantine else 0
+        self._sent: deque[tuple[int, int, bytes]] = deque(maxlen=history)
+        self._received: deque[tuple[int, int, str, FloatVector]] = deque(maxlen=16 * history)
         self._bytes_sent = 0
         self._bytes_received = 0
         self.finished = trio.Event()
