@@ -164,3 +164,14 @@ def test_largest_scale_bisects_to_the_acceptance_boundary() -> None:
     assert largest_scale(lambda s: s <= 2.5, 0.0, 10.0) == pytest.approx(2.5, abs=1e-9)
     assert largest_scale(lambda s: False, 1.0, 10.0) == 1.0
     assert largest_scale(lambda s: True, 0.0, 10.0) == 10.0
+
+
+def test_dissensus_pulls_as_hard_as_the_recipients_neighbours_not_the_whole_network() -> None:
+    x_i = HONEST[0]
+    seen = np.vstack(
+        [HONEST, HONEST[1:] + 1.0, HONEST[1:] - 1.0]
+    )  # colluders saw six more honest peers
+    context = ctx(received=HONEST, senders=("r", "h1", "h2"), honest_seen=seen)
+    # two honest neighbours of ours besides the recipient: k = 2 times the mean pull of what was seen
+    expected = x_i - 1.5 * 2 * (seen[1:] - x_i).mean(axis=0)
+    np.testing.assert_allclose(sent(Dissensus(epsilon=1.5), context), expected, rtol=1e-5)

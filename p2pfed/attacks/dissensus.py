@@ -4,8 +4,11 @@ For recipient i with vector x_i, whose honest neighbours' pull toward consensus 
 S = Σ_h w_ih (x_h − x_i), a Byzantine neighbour of weight w_b sends x_i − ε · S / w_b, so that plain
 gossip moves x_i by (1 − ε) · S: with ε > 1, away from its neighbours. As in the authors' code, each
 attacker divides by the total Byzantine weight at the recipient; we assume equal mixing weights (the
-attacker does not know the recipient's degrees), `share` attackers per recipient, and take the honest
-vectors from `honest_seen`. If the recipient sent us nothing this step, our own vector stands in for x_i.
+attacker does not know the recipient's degrees), `share` attackers per recipient. The attacker does not
+know the recipient's neighbours either: it estimates S / w_b as k × the mean pull of the honest vectors
+the colluders saw (`honest_seen`), k = the number of honest neighbours it has itself besides the
+recipient (summing over every honest vector seen network-wide would push ~n/k times harder than the
+paper). If the recipient sent us nothing this step, our own vector stands in for x_i.
 """
 
 from __future__ import annotations
@@ -27,5 +30,10 @@ class Dissensus(Behaviour):
     def outgoing(self, ctx: AttackContext) -> Outgoing:
         target = recipient_vector(ctx)
         x_i = ctx.own.astype(np.float64) if target is None else target
-        pull = (honest_vectors(ctx) - x_i[None, :]).sum(axis=0)
+        honest = honest_vectors(ctx)
+        others = honest[np.any(honest != x_i[None, :], axis=1)]
+        if not others.shape[0]:
+            return Outgoing(vector=x_i.astype(np.float32))
+        k = sum(s not in ctx.colluders and s != ctx.recipient for s in ctx.senders) or 1
+        pull = k * (others - x_i[None, :]).mean(axis=0)
         return Outgoing(vector=(x_i - self.epsilon * pull / self.share).astype(np.float32))

@@ -6,18 +6,25 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
 2. **Distance prioritizer** (cheap, O(n·d)). Rank candidates by ‖x_j − x_i‖; keep the `keep` nearest, except
    those beyond `far_factor` × the lower-median distance; then draw `explore` of the rest at random, so
    that a useful but different (non-IID) peer is not starved. Everyone else is DROPPED ("far").
-3. **Performance integrator** (one `evaluate` call on [own, *kept] stacked). Per class c, the candidate's
-   improvement Δ_jc = score_jc − score_ic. Classes we already know are those where our score is within
-   `known_gap` of our best class; a candidate whose mean Δ over them is below −`margin` is DROPPED:
-   "harmful on validation" when it is also an outlier among the candidates (below their median Δ, capped
-   at 0, by more than max(`harm_margin`, `harm_factor` × their robust spread): strong evidence for the
-   reputation table), else "worse on validation" (honest neighbours land there now and then on a noisy
-   validation split; a mild reputation cost). The others get a performance weight
-   1 + `boost` · mean_c max(0, Δ_jc), capped at `max_boost`: candidates that are better where we are
-   weak count more (Bristle's per-class view).
-4. **Mix.** x_i ← Σ_j w_j x_j over [self, *kept] with w_j ∝ MH weight × performance weight × reputation
-   (our own vector counts 1 × 1); newcomers (reputation below `newcomer_below`) together get at most
-   `newcomer_cap` of the mix. The weights are non-negative and sum to 1: a convex combination.
+3. **Performance integrator** (one `evaluate` call on [own, *kept] stacked). Per class c, over the
+   informative classes (those present in our validation split: some model scores strictly between 0 and
+   1), the candidate's Δ_jc = score_jc − ref_c, where ref_c = min(our score, the typical score: the
+   `reference_quantile` of [own, *kept]). Our own model is tuned to our own skewed split, so an honest
+   non-IID neighbour is often worse there than ours but not worse than the typical neighbour; a poisoned
+   model is. A candidate whose mean Δ is below −`margin` (about two binomial standard errors of a small
+   validation split), or whose mean drop from our own score exceeds `floor_margin` (so a poisoned
+   majority cannot lower the bar), is DROPPED: "harmful on validation" when it is also an outlier among
+   the candidates (below their median Δ, capped at 0, by more than max(`harm_margin`, `harm_factor` ×
+   their robust spread): strong evidence for the reputation table), else "worse on validation" (a mild
+   reputation cost). For scores that are minus a loss, both margins are relative to our own loss. The
+   others get a performance weight 1 + `boost` · mean_c max(0, Δ_jc), capped at `max_boost`: candidates
+   that are better where we are weak count more (Bristle's per-class view).
+4. **Mix.** x_i ← Σ_j w_j x_j over [self, *kept]. The kept candidates share their total Metropolis-Hastings
+   weight in proportion to MH weight × performance weight × trust (reputation relative to the best kept
+   one); the weight of dropped candidates stays with us. So with no attack, honest non-IID neighbours mix
+   as in plain D-PSGD. Newcomers (reputation below `newcomer_below`) together get at most `newcomer_cap`
+   of a mix that includes established peers; in a fresh network, where everyone is new, no cap applies.
+   The weights are non-negative and sum to 1: a convex combination.
 
 Without `evaluate` (no validation data) step 3 is skipped and nothing is explored: distance only.
 """
@@ -25,6 +32,7 @@ Without `evaluate` (no validation data) step 3 is skipped and nothing is explore
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,34 +71,67 @@ def prioritize(
     return kept, rest
 
 
+def informative_classes(scores: Floats) -> npt.NDArray[np.bool_]:
+    """Classes whose F1 says something: some row scores strictly between 0 and 1. A class absent from
+    the validation split scores exactly 0 or 1 for every model (one stray prediction flips it), so it
+    is left out; when no class qualifies (e.g. a 1-column loss score), all are used."""
+    finite = np.isfinite(scores)
+    inside = (finite & (scores > 0.0) & (scores < 1.0)).any(axis=0)
+    return inside if inside.any() else np.ones(scores.shape[1], dtype=bool)
+
+
+def loss_scale(own: Floats) -> float:
+    """1 for F1 scores (all in [0, 1]); for other scores (minus a loss) the size of our own, so that
+    `margin` reads as a relative loss increase."""
+    finite = own[np.isfinite(own)]
+    if finite.size == 0 or ((finite >= 0.0) & (finite <= 1.0)).all():
+        return 1.0
+    return max(float(np.abs(finite).mean()), 1e-12)
+
+
 def integrate(
     scores: FloatMatrix,
     *,
     margin: float,
+    floor_margin: float,
+    reference_quantile: float,
     harm_margin: float,
     harm_factor: float,
-    known_gap: float,
     boost: float,
     max_boost: float,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats]:
     """From (1 + k, c) validation scores of [own, *candidates]:
-    (worse mask, harmful mask, performance weight, evidence score)."""
-    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
-    delta = np.nan_to_num(s[1:] - s[0], nan=0.0)  # both -inf: no difference
-    known = s[0] >= s[0].max() - known_gap
-    known_delta = delta[:, known].mean(axis=1)
-    worse = known_delta < -margin
-    harmful = known_delta < harm_threshold(known_delta, harm_margin, harm_factor)
+    (worse mask, harmful mask, performance weight, evidence score = mean Δ over informative classes)."""
+    s = np.asarray(scores, dtype=np.float64)
+    classes = informative_classes(s)
+    s = np.nan_to_num(s[:, classes], nan=-np.inf)
+    # Our own model is tuned to our own (skewed) split, so an honest non-IID neighbour's model is often
+    # worse there than ours; what marks a poisoned model is being worse than the typical model we see,
+    # so that is the reference when it is lower.
+    reference = s[0]
+    if s.shape[0] > 2:
+        finite = np.where(np.isfinite(s), s, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN class: keep our own score
+            typical = np.nanquantile(finite, reference_quantile, axis=0)
+            reference = np.fmin(s[0], typical)
+    delta = np.where(np.isneginf(s[1:]), -np.inf, np.nan_to_num(s[1:] - reference, nan=0.0))
+    mean_delta = delta.mean(axis=1)
+    own_delta = np.nan_to_num(s[1:] - s[0], nan=0.0).mean(axis=1)
+    scale = loss_scale(s[0])
+    worse = (mean_delta < -margin * scale) | (own_delta < -floor_margin * scale)
+    harmful = worse & (
+        mean_delta < scale * harm_threshold(mean_delta / scale, harm_margin, harm_factor)
+    )
     gain = np.clip(delta, 0.0, None).mean(axis=1)
     perf = np.minimum(max_boost, 1.0 + boost * gain)
-    evidence = np.where(worse, known_delta, delta.mean(axis=1))
-    return worse, harmful, perf, evidence
+    return worse, harmful, perf, mean_delta
 
 
-def harm_threshold(known_delta: Floats, harm_margin: float, harm_factor: float) -> float:
+def harm_threshold(mean_delta: Floats, harm_margin: float, harm_factor: float) -> float:
     """Below this a candidate is an outlier: under the candidates' median Δ (if at least three, and
     never above 0) by more than max(harm_margin, harm_factor × robust spread of Δ)."""
-    finite = known_delta[np.isfinite(known_delta)]
+    finite = mean_delta[np.isfinite(mean_delta)]
     if finite.size < 3:
         return -harm_margin
     centre = float(np.median(finite))
@@ -109,21 +150,49 @@ def cap_share(weights: Floats, members: npt.NDArray[np.bool_], cap: float) -> Fl
     return w / w.sum()
 
 
+def mix_weights(
+    mh: Floats, perf: Floats, rep: Floats, newcomer_below: float, newcomer_cap: float
+) -> Floats:
+    """Weights over [self, *kept]: the kept candidates share their total Metropolis-Hastings mass in
+    proportion to MH weight × performance weight × trust, trust = reputation / the best kept reputation
+    (relative, so in a fresh network where everyone is new nobody is starved); dropped candidates' mass
+    stays with us. When established candidates (reputation ≥ `newcomer_below`) are kept, newcomers
+    together get at most `newcomer_cap` of the mix."""
+    if mh.size == 1 or mh[1:].sum() <= 0:
+        return np.eye(1, mh.size)[0]
+    trust = rep / rep.max() if rep.max() > 0 else np.ones_like(rep)
+    raw = mh[1:] * perf * trust
+    kept = raw * mh[1:].sum() / raw.sum() if raw.sum() > 0 else np.zeros_like(raw)
+    weights = np.concatenate([[max(0.0, mh.sum() - kept.sum())], kept])
+    weights /= weights.sum()
+    established = rep >= newcomer_below
+    if established.any():
+        weights = cap_share(weights, np.concatenate([[False], ~established]), newcomer_cap)
+    return weights
+
+
 @dataclass(frozen=True)
 class Bristle:
     keep: int = 6  # nearest candidates evaluated every step
     explore: int = 2  # random others evaluated too: a far but useful (non-IID) peer's chance
     far_factor: float = 4.0  # beyond this × the lower-median distance, a candidate is not "near"
-    margin: float = 0.02  # tolerated mean score drop on the classes we already know
+    # tolerated drop of mean F1 over the informative classes: about two binomial standard errors of a
+    # 50–100-row validation split, so honest non-IID neighbours are not dropped for noise
+    margin: float = 0.1
+    # ... and, whatever the neighbours look like, the drop from our own score beyond which a candidate is
+    # worse (a majority of poisoned neighbours must not set the reference)
+    floor_margin: float = 0.35
+    reference_quantile: float = (
+        0.5  # the "typical model": this quantile of [own, *candidates], per class
+    )
     harm_margin: float = 0.1  # a drop beyond this (and beyond harm_factor × typical) is "harmful"
     harm_factor: float = 3.0
-    known_gap: float = 0.25  # "known" classes: our score within this of our best class
     boost: float = 4.0  # performance weight = 1 + boost · mean per-class gain ...
     max_boost: float = 3.0  # ... capped, so one lucky candidate cannot take over
     quarantine_below: float = 0.08  # reputation gate; matches ReputationConfig.quarantine_below
     new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
     newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
-    newcomer_cap: float = 0.5  # ... and newcomers together get at most this share of the mix
+    newcomer_cap: float = 0.5  # ... and get at most this share of a mix with established peers
     name: str = field(default="bristle", init=False)
 
     def __call__(self, inp: DefenceInput) -> DefenceResult:
@@ -167,11 +236,10 @@ class Bristle:
             kept, perf, mean_delta = kept[~worse], perf[~worse], mean_delta[~worse]
 
         mh = inp.mixing_weights.astype(np.float64)
-        raw = np.concatenate([[mh[0]], mh[1 + kept] * perf * rep[kept]])
-        newcomer = np.concatenate([[False], rep[kept] < self.newcomer_below])
-        weights = (
-            cap_share(raw, newcomer, self.newcomer_cap) if raw.sum() > 0 else np.eye(1, raw.size)[0]
+        mh = np.concatenate(
+            [[mh[0] + mh[1 + np.setdiff1d(np.arange(n), kept)].sum()], mh[1 + kept]]
         )
+        weights = mix_weights(mh, perf, rep[kept], self.newcomer_below, self.newcomer_cap)
         mixed = weights[0] * inp.own + weights[1:].astype(np.float32) @ inp.received[kept]
         for i, w, d in zip(kept.tolist(), weights[1:].tolist(), mean_delta.tolist(), strict=True):
             verdicts[i] = Verdict(inp.senders[i], Outcome.KEPT, weight=w, score=d)
@@ -198,9 +266,10 @@ class Bristle:
         return integrate(
             scores,
             margin=self.margin,
+            floor_margin=self.floor_margin,
+            reference_quantile=self.reference_quantile,
             harm_margin=self.harm_margin,
             harm_factor=self.harm_factor,
-            known_gap=self.known_gap,
             boost=self.boost,
             max_boost=self.max_boost,
         )

@@ -1,0 +1,97 @@
+"""What one Bristle step costs next to one round of local training, with the real model.
+
+    python benchmarks/bench_robustness.py [--task trec] [--peers 16] [--neighbours 16] [--repeats 3]
+
+Partitions the task as `p2pfed sim` does (seed 0, Dirichlet α=0.5), takes the median-sized peer's shard
+and validation split,
+and times, interleaved: one real K-step `train()` call (a round's local training) and one Bristle step
+over `--neighbours` received vectors whose `evaluate` is the real `TaskModel.score()` on that validation
+split. Prints both medians and their ratio (target: ≤ 0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from p2pfed.config import GossipConfig  # noqa: E402
+from p2pfed.learn import LearnConfig, TaskModel  # noqa: E402
+from p2pfed.learn.partition import partition, split_validation  # noqa: E402
+from p2pfed.robust.base import DefenceInput  # noqa: E402
+from p2pfed.robust.bristle import Bristle  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="trec")
+    parser.add_argument("--peers", type=int, default=16)
+    parser.add_argument("--neighbours", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    args = parser.parse_args()
+
+    gossip = GossipConfig()
+    model = TaskModel.load(LearnConfig(task=args.task))
+    rng = np.random.default_rng(0)
+    shards = partition(  # the split `p2pfed sim` makes with seed 0
+        model.train_labels,
+        args.peers,
+        "dirichlet",
+        alpha=0.5,
+        rng=np.random.default_rng([0, 0x5EED]),
+    )
+    peer = int(np.argsort([len(s) for s in shards])[len(shards) // 2])  # the median-sized shard
+    train_idx, val_idx = split_validation(
+        shards[peer], args.val_fraction, np.random.default_rng([0, peer, 0xA1])
+    )
+    own = model.initial_vector()
+
+    def train() -> np.ndarray:
+        vector, _ = model.train(
+            own, train_idx, steps=gossip.local_steps, lr=gossip.lr, rho=gossip.rho, rng=rng
+        )
+        return vector
+
+    trained = train()  # warm-up, and realistic neighbour vectors around a trained model
+    step = trained - own
+    received = (
+        trained[None, :] + 0.5 * rng.standard_normal((args.neighbours, own.size)) * np.abs(step)
+    ).astype(np.float32)
+    senders = tuple(f"peer-{i:02d}" for i in range(args.neighbours))
+    inp = DefenceInput(
+        own=trained,
+        received=received,
+        senders=senders,
+        mixing_weights=np.full(args.neighbours + 1, 1 / (args.neighbours + 1), np.float32),
+        reputation={s: 0.5 for s in senders},
+        evaluate=lambda x: model.score(x, val_idx),
+        rng=np.random.default_rng(2),
+    )
+    bristle = Bristle()
+    bristle(inp)  # warm-up
+    times: dict[str, list[float]] = {"train": [], "bristle": []}
+    for _ in range(args.repeats):
+        for name, fn in (("train", train), ("bristle", lambda: bristle(inp))):
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    train_s, bristle_s = (statistics.median(times[k]) for k in ("train", "bristle"))
+    evaluated = 1 + min(args.neighbours, bristle.keep + bristle.explore)
+    print(
+        f"task {args.task}, dim {model.dim}, {len(train_idx)} training rows, "
+        f"{len(val_idx)} validation rows, {args.neighbours} neighbours "
+        f"({evaluated} vectors scored per step)"
+    )
+    print(f"local training, K={gossip.local_steps} steps: {train_s * 1000:8.1f} ms (median)")
+    print(f"one Bristle step:                 {bristle_s * 1000:8.1f} ms (median)")
+    print(f"ratio Bristle / local training:   {bristle_s / train_s:8.3f}  (target <= 0.1)")
+
+
+if __name__ == "__main__":
+    main()
