@@ -258,3 +258,13 @@ def test_quarantining_a_neighbour_does_not_stall_it() -> None:
     assert elapsed < TIMEOUT  # nobody waited out a deadline: peer 0 still sends to peer 1
     report = next(r for r in net.reports if r.index == 0)
     assert report.outcomes.get("quarantined") == 2  # peer 1's updates were ignored, once per step
+
+
+def test_a_replaying_neighbour_answers_its_step_instead_of_stalling_it() -> None:
+    from p2pfed.attacks.network import Replay
+
+    net = build(behaviours={2: Replay(mode="envelope", lag=1)}, rounds=3, q=2)
+    elapsed = run(net, 3)
+    assert elapsed < TIMEOUT  # replayed envelopes are rejected and count as the replayer's answer
+    assert net.peers[1].rejections["duplicate"] >= 2  # a round-old envelope is within the window: a replay
+    assert net.peers[1].reputation.score(net.ids[2]) <= net.peers[1].reputation.score(net.ids[0])

@@ -73,7 +73,8 @@ class RoundReport:
 class _StepBuffer:
     updates: dict[str, FloatVector] = field(default_factory=dict)
     equivocated: set[str] = field(default_factory=set)
-    invalid: set[str] = field(default_factory=set)
+    invalid: set[str] = field(default_factory=set)  # sent something that failed verification
+    answered: set[str] = field(default_factory=set)  # sent something unusable (invalid or stale) instead
 
 
 class Peer:
@@ -125,6 +126,7 @@ class Peer:
         self.evaluate_every = evaluate_every
         self.checkpoint_dir = checkpoint_dir
         self.round = start_round
+        self.step = 0  # the gossip step in progress
         self.limits = Limits()
         self.inbox = Inbox(window=gossip.round_window)
         self.rejections: Counter[str] = Counter()
@@ -234,6 +236,7 @@ class Peer:
 
     async def gossip_step(self, rnd: int, step: int) -> list[Verdict]:
         """Send our vector, collect our neighbours', defend and mix. Returns the verdicts for reputation."""
+        self.step = step
         self._refresh_neighbourhood()  # a live network's neighbours come and go between steps
         # We send to every neighbour (a quarantined one may be waiting for us, and sending is cheap), but
         # wait only for those we trust: a quarantined neighbour never holds up our round.
@@ -255,7 +258,7 @@ class Peer:
             while True:
                 arrival = self._arrival
                 buffer = self._buffers.get((rnd, step))
-                settled = set() if buffer is None else set(buffer.updates) | buffer.equivocated
+                settled = set() if buffer is None else set(buffer.updates) | buffer.equivocated | buffer.answered
                 if all(n in settled for n in expected):
                     return
                 ahead = self.network_round()
@@ -336,9 +339,14 @@ class Peer:
         )
         if not isinstance(verdict, Accepted):
             self._reject(delivery.remote, verdict.reason.value, verdict.detail)
-            late = verdict.reason in (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND)
-            if delivery.remote in self.neighbour_degrees and not late:
-                self._buffer_for_current().invalid.add(delivery.remote)
+            if delivery.remote in self.neighbour_degrees:
+                # An honest neighbour sends one valid update per step: whatever it sent instead answers
+                # the step (no waiting out the deadline for a replayer); only non-late junk costs reputation.
+                buffer = self._buffer_for_current()
+                buffer.answered.add(delivery.remote)
+                if verdict.reason not in (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND):
+                    buffer.invalid.add(delivery.remote)
+                self._notify_arrival()
             return
         if not self._is_neighbour(verdict.sender):
             self._reject(delivery.remote, "not_a_neighbour", "")
@@ -351,7 +359,11 @@ class Peer:
         admission = self.inbox.admit(verdict.sender, verdict.round, verdict.step, verdict.payload_digest)
         if admission is not Admission.NEW and admission is not Admission.EQUIVOCATION:
             self._reject(delivery.remote, admission.value, f"round {verdict.round} step {verdict.step}")
+            self._buffer_for_current().answered.add(verdict.sender)  # a replay answers the step too
+            self._notify_arrival()
             return
+        if verdict.round < self.round:  # from a past round: late, or replayed; either way it answers now
+            self._buffer_for_current().answered.add(verdict.sender)
         buffer = self._buffers.setdefault(key, _StepBuffer())
         if admission is Admission.EQUIVOCATION:
             self._reject(delivery.remote, "equivocation", f"round {verdict.round} step {verdict.step}")
@@ -372,8 +384,7 @@ class Peer:
         log.info("peer %d rejected a message from %s: %s %s", self.index, remote[:16], reason, detail)
 
     def _buffer_for_current(self) -> _StepBuffer:
-        latest = max((k for k in self._buffers if k[0] == self.round), default=(self.round, 0))
-        return self._buffers.setdefault(latest, _StepBuffer())
+        return self._buffers.setdefault((self.round, self.step), _StepBuffer())
 
     async def _defend_and_mix(self, rnd: int, step: int) -> list[Verdict]:
         buffer = self._buffers.get((rnd, step), _StepBuffer())
