@@ -52,6 +52,7 @@ def main() -> None:
             cfg = SimConfig(
                 peers=args.peers,
                 alpha=args.alpha,
+                defence="mean",  # the algorithms' own mixing; defences are compared in `p2pfed experiment`
                 save_adapters=False,
                 learn=learn,
                 gossip=GossipConfig(rounds=args.rounds, local_steps=args.local_steps, **algo),

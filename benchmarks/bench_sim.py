@@ -45,6 +45,7 @@ def sim_config(peers: int, rounds: int, steps: int, cache: bool) -> SimConfig:
         peers=peers,
         degree=_degree(peers),
         evaluate_every=0,
+        defence="mean",  # D-PSGD mixing: what is measured is the cost of gossip, not of a defence
         save_adapters=False,
         gossip=GossipConfig(rounds=rounds, local_steps=steps, gossip_steps=4, rho=0.0),
         learn=LearnConfig(feature_cache=cache),

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from p2pfed.config import GossipConfig
 from p2pfed.learn import LearnConfig
 from p2pfed.peer.topology import TOPOLOGIES
+from p2pfed.robust.registry import DEFAULT_DEFENCE
 
 
 def _parse_params(values: tuple[str, ...]) -> dict[str, float | int | str]:
@@ -61,7 +62,7 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, float | int | str]:
 @click.option("--attack", default="none", show_default=True,
               help="Behaviour of the Byzantine peers: a built-in name or 'module:Class'.")
 @click.option("--attack-param", multiple=True, metavar="KEY=VALUE", help="Parameter of the attack (repeatable).")
-@click.option("--defence", default="mean", show_default=True,
+@click.option("--defence", default=DEFAULT_DEFENCE, show_default=True,
               help="Aggregation rule of honest peers: a built-in name or 'module:Class'.")
 @click.option("--defence-param", multiple=True, metavar="KEY=VALUE", help="Parameter of the defence (repeatable).")
 @click.option("--drop", default=0.0, show_default=True, help="Probability that a message is lost.")

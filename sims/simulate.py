@@ -32,7 +32,7 @@ from p2pfed.net.transport import Transport
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.peer.topology import build_topology
-from p2pfed.robust.registry import load_defence
+from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.sims.plots import plot_accuracy
 from p2pfed.wire import Identity, Schema
@@ -55,7 +55,7 @@ class SimConfig:
     byzantine: int = 0  # how many peers are Byzantine
     attack: str = "none"
     attack_params: dict[str, Any] = field(default_factory=dict)
-    defence: str = "mean"
+    defence: str = DEFAULT_DEFENCE  # Bristle-style with reputation; "mean" is plain D-PSGD mixing
     defence_params: dict[str, Any] = field(default_factory=dict)
     evaluate_every: int = 1  # rounds between global-test evaluations of every honest peer
     delay: float = 0.0  # memory transport: seconds per message
