@@ -157,10 +157,9 @@ async def _simulate(
             behaviour = behaviours.get(i)
             labels = None
             if behaviour is not None:
-                poisoned = behaviour.poison_labels(
-                    model.train_labels[train_idx], model.num_classes, np.random.default_rng([cfg.seed, i, 0xF1])
-                )
-                labels = None if poisoned is model.train_labels[train_idx] else poisoned
+                true = model.train_labels[train_idx]
+                poisoned = behaviour.poison_labels(true, model.num_classes, np.random.default_rng([cfg.seed, i, 0xF1]))
+                labels = None if poisoned is true else poisoned
             local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels)
             neighbours = {ids[j]: len(adjacency[j]) for j in adjacency[i]}
             peers.append(
