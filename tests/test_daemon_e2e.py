@@ -22,7 +22,7 @@ from p2pfed.sims.simulate import SimConfig
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 PEERS = 4
-ROUNDS = 4
+ROUNDS = 12  # long enough that the network is still running when the killed peer comes back
 Q = 2
 STEP_TIMEOUT = 30.0
 MAJORITY_BASELINE = 0.87  # share of "ham" in sms-spam
@@ -59,12 +59,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def start(root: Path, i: int, bootstrap: str | None) -> subprocess.Popen[bytes]:
+def start(root: Path, i: int, bootstrap: str | None, min_neighbours: int = PEERS - 1) -> subprocess.Popen[bytes]:
     node = root / f"node-{i}"
     node.mkdir(exist_ok=True)
     command = [*CLI, "join", "--run", str(root / "run.toml"), "--data", str(root / "data" / f"peer-{i:02d}.jsonl"),
                "--eval", str(root / "data" / "eval.jsonl"), "--listen", "/ip4/127.0.0.1/tcp/0",
-               "--out", str(node), "--min-neighbours", str(PEERS - 1), "--wait", "400", "--threads", "1"]
+               "--out", str(node), "--min-neighbours", str(min_neighbours), "--wait", "400", "--threads", "1"]
     if bootstrap:
         command += ["--bootstrap", bootstrap]
     with (node / "stderr.txt").open("ab") as err:
@@ -86,7 +86,7 @@ def test_four_processes_survive_a_kill_and_resume(run_dir: Path) -> None:
         interrupted = load_checkpoint(nodes[victim]).round  # the round it was in when killed
         assert interrupted >= 2
 
-        procs[victim] = start(run_dir, victim, address)
+        procs[victim] = start(run_dir, victim, address, min_neighbours=1)  # rejoin: one neighbour is enough
         survivors = nodes[:victim]
         poll(lambda: all(status(n).get("round", 0) > interrupted for n in survivors),
              Q * STEP_TIMEOUT + 30, "the survivors to finish the interrupted round")
