@@ -7,11 +7,11 @@ transport's counters); the honest peers end exactly where they end when the same
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import trio
+from fakes import FakeLocal
 
 from p2pfed.config import GossipConfig
 from p2pfed.net.libp2p_transport import UPDATE_PROTOCOL, Libp2pConfig, Libp2pTransport
@@ -29,24 +29,6 @@ STEP_TIMEOUT = 2.0
 MAX_FRAME = 1 << 20
 
 
-@dataclass
-class Eval:
-    accuracy: float
-    loss: float
-
-
-@dataclass
-class FakeLocal:
-    target: np.ndarray
-
-    def train(self, vector: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-        return (vector + 0.5 * (self.target - vector)).astype(np.float32), 0.0
-
-    def validation_scores(self, vectors: np.ndarray) -> np.ndarray:
-        return -np.linalg.norm(vectors - self.target, axis=1, keepdims=True).astype(np.float32)
-
-    def evaluate(self, vector: np.ndarray) -> Eval:
-        return Eval(1.0, float(np.linalg.norm(vector)))
 
 
 async def inline(fn, *args):  # type: ignore[no-untyped-def]

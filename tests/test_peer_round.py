@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import trio
 import trio.testing
+from fakes import FakeLocal
 
 from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
 from p2pfed.config import GossipConfig
@@ -25,30 +26,6 @@ from p2pfed.wire import Identity, Schema, seal
 DIM = 3
 RUN = b"r" * 32
 TIMEOUT = 30.0
-
-
-@dataclass
-class Eval:
-    accuracy: float
-    loss: float
-
-
-@dataclass
-class FakeLocal:
-    """Training pulls the vector halfway to a private target; accuracy is closeness to the global optimum."""
-
-    target: np.ndarray
-
-    def train(self, vector: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-        new = (vector + 0.5 * (self.target - vector)).astype(np.float32)
-        return new, float(np.linalg.norm(new - self.target))
-
-    def validation_scores(self, vectors: np.ndarray) -> np.ndarray:
-        return -np.linalg.norm(vectors - self.target, axis=1, keepdims=True).astype(np.float32)
-
-    def evaluate(self, vector: np.ndarray) -> Eval:
-        loss = float(np.linalg.norm(vector))
-        return Eval(accuracy=1.0 / (1.0 + loss), loss=loss)
 
 
 async def inline(fn, *args):  # type: ignore[no-untyped-def]
