@@ -92,8 +92,8 @@ def experiment(
 ) -> None:
     """Run a grid of simulations and write a report comparing defences under attacks.
 
-    Every cell is one `p2pfed sim` (16 peers on TREC by default) with one attack, one defence, one
-    Byzantine count and one seed; the attack-free baseline ('none') runs once per defence with no
+    Every cell is one `p2pfed sim` (by default 16 peers on TREC, complete graph) with one attack, one
+    defence, one Byzantine count and one seed; the attack-free baseline ('none') runs once per defence with no
     Byzantine peer. Cells run in parallel processes, each loading the base model once. Each finished cell
     is appended to OUT/results.jsonl, so an interrupted grid resumes where it stopped: rerun the same
     command. OUT then holds report.md (final honest accuracy, mean ± sd, best defence per attack in bold,

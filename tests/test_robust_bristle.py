@@ -10,7 +10,7 @@ import pytest
 
 from p2pfed.robust import reasons
 from p2pfed.robust.base import DefenceInput
-from p2pfed.robust.bristle import Bristle, cap_share, prioritize
+from p2pfed.robust.bristle import Bristle, cap_share, duplicate_counts, prioritize
 from p2pfed.types import DefenceResult, Outcome
 
 D = 8
@@ -201,7 +201,8 @@ def test_a_three_identity_sybil_does_not_outweigh_two_honest_neighbours() -> Non
 
 def test_newcomers_together_never_exceed_their_cap() -> None:
     good = honest(2)
-    sybil = np.repeat(-good.mean(axis=0, keepdims=True), 20, axis=0)
+    # distinct vectors (near-duplicates would already count as one neighbour)
+    sybil = -good.mean(axis=0) + 0.1 * np.random.default_rng(3).standard_normal((20, D))
     reputation = {"p0": TRUSTED, "p1": TRUSTED}
     out = Bristle(keep=22, newcomer_cap=0.5)(
         make_input(np.vstack([good, sybil]), reputation=reputation)
@@ -217,7 +218,7 @@ def test_low_reputation_senders_are_quarantined() -> None:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_the_mix_is_a_convex_combination(seed: int) -> None:
+def test_the_mix_is_a_convex_combination_of_self_and_clipped_candidates(seed: int) -> None:
     rng = np.random.default_rng(seed)
     received = rng.standard_normal((10, D)).astype(np.float32) * rng.uniform(0.1, 10, (10, 1))
     reputation = {f"p{i}": float(r) for i, r in enumerate(rng.uniform(0.1, 1, 10))}
@@ -228,8 +229,27 @@ def test_the_mix_is_a_convex_combination(seed: int) -> None:
     )
     weights = {v.sender: v.weight for v in out.verdicts if v.outcome is Outcome.KEPT}
     assert all(w >= 0 for w in weights.values()) and self_weight(out) >= 0
-    expected = self_weight(out) * own + sum(w * received[int(s[1:])] for s, w in weights.items())
+    distances = np.linalg.norm(received - own.astype(np.float32), axis=1)
+    radius = Bristle().clip_factor * np.sort(distances)[(distances.size - 1) // 2]
+
+    def clipped(i: int) -> np.ndarray:
+        diff = received[i] - own
+        return own + diff * min(1.0, radius / np.linalg.norm(diff))
+
+    expected = self_weight(out) * own + sum(w * clipped(int(s[1:])) for s, w in weights.items())
     np.testing.assert_allclose(out.mixed, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_far_candidate_that_validation_favours_moves_us_only_a_clipped_step() -> None:
+    # dissensus: a vector far on the other side of us from our neighbours scores *well* on our own split
+    received = np.vstack([honest(6), np.full((1, D), -60.0)])
+    favour_far = lambda x: np.where(x[:, :1] < -10, 0.9, 0.5).repeat(4, axis=1)  # noqa: E731
+    inp = make_input(received, evaluate=favour_far)
+    unclipped = Bristle(keep=6, explore=1, clip_factor=np.inf)(inp)
+    clipped = Bristle(keep=6, explore=1)(inp)
+    assert by_sender(clipped)["p6"][0] is Outcome.KEPT  # validation let it through ...
+    assert (unclipped.mixed < 0).all()  # ... and unclipped it drags us past zero, away from everyone
+    assert (clipped.mixed > 0).all()  # clipped, the honest neighbours' pull still wins
 
 
 def test_prioritizer_keeps_the_nearest_within_the_far_limit() -> None:
@@ -296,3 +316,15 @@ def test_loss_scores_use_a_relative_margin() -> None:
     out = Bristle()(make_input(np.vstack([honest(1), -honest(1)]), evaluate=evaluate))
     assert by_sender(out)["p0"][0] is Outcome.KEPT
     assert by_sender(out)["p1"][0] is Outcome.DROPPED
+
+
+def test_identical_vectors_from_several_identities_count_as_one_neighbour() -> None:
+    # three colluding identities send one crafted vector; honest non-IID vectors are never that close
+    crafted = np.full((3, D), 1.2, np.float32)
+    received = np.vstack([honest(3, spread=0.3), crafted])
+    out = Bristle(keep=6, explore=0)(make_input(received))
+    weights = {s: w for s, (_, _, w) in by_sender(out).items()}
+    colluders = weights["p3"] + weights["p4"] + weights["p5"]
+    assert colluders == pytest.approx(weights["p3"] * 3)
+    assert colluders == pytest.approx(min(weights["p0"], weights["p1"], weights["p2"]), rel=1e-6)
+    assert duplicate_counts(received, within=1e-3).tolist() == [1, 1, 1, 3, 3, 3]

@@ -19,12 +19,20 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
    reputation cost). For scores that are minus a loss, both margins are relative to our own loss. The
    others get a performance weight 1 + `boost` · mean_c max(0, Δ_jc), capped at `max_boost`: candidates
    that are better where we are weak count more (Bristle's per-class view).
-4. **Mix.** x_i ← Σ_j w_j x_j over [self, *kept]. The kept candidates share their total Metropolis-Hastings
+4. **Mix.** x_i ← x_i + Σ_j w_j · clip(x_j − x_i, τ) over the kept, with τ = `clip_factor` × the
+   lower-median candidate distance (self-centred clipping, as in ClippedGossip): near candidates are
+   untouched, so without attack this is the convex mix Σ_j w_j x_j over [self, *kept]; a far candidate
+   that exploration and validation let through (dissensus, which sits opposite the consensus, scores
+   *well* on our own split) moves us by at most w_j · τ. The kept candidates share their total Metropolis-Hastings
    weight in proportion to MH weight × performance weight × trust (reputation relative to the best kept
    one); the weight of dropped candidates stays with us. So with no attack, honest non-IID neighbours mix
    as in plain D-PSGD. Newcomers (reputation below `newcomer_below`) together get at most `newcomer_cap`
    of a mix that includes established peers; in a fresh network, where everyone is new, no cap applies.
-   The weights are non-negative and sum to 1: a convex combination.
+   The weights are non-negative and sum to 1: a convex combination. Kept vectors that are
+   near-duplicates of each other (closer than `duplicate_factor` × the lower-median distance: colluding
+   identities sending one crafted vector, as a Sybil or the omniscient attacks do) count as one
+   neighbour: each member's Metropolis-Hastings weight is divided by the group size, the rest stays
+   with us (as FoolsGold does for similar clients).
 
 Without `evaluate` (no validation data) step 3 is skipped and nothing is explored: distance only.
 """
@@ -69,6 +77,40 @@ def prioritize(
         kept = np.concatenate([kept, np.sort(explored)])
         rest = np.setdiff1d(rest, explored, assume_unique=True)
     return kept, rest
+
+
+def lower_median(values: Floats) -> float:
+    """The lower median (an actual element, so one outlier more or less cannot move it far); 0 if empty."""
+    return float(np.sort(values)[(values.size - 1) // 2]) if values.size else 0.0
+
+
+def clipped_mix(own: FloatVector, kept: FloatMatrix, weights: Floats, radius: float) -> FloatVector:
+    """own + Σ_j w_j · clip(x_j − own, radius), clip(v, r) = v · min(1, r / ‖v‖): self-centred clipping
+    (He, Karimireddy & Jaggi, 2022) of what the kept candidates pull us by. With `weights` summing to at
+    most 1 and no clipping this is the plain convex mix (1 − Σw)·own + Σ w_j x_j."""
+    if kept.shape[0] == 0:
+        return own.copy()
+    diffs = kept.astype(np.float64) - own.astype(np.float64)[None, :]
+    norms = np.linalg.norm(diffs, axis=1)
+    factors = np.minimum(1.0, radius / np.maximum(norms, 1e-30))
+    return (own + (weights * factors) @ diffs).astype(own.dtype)
+
+
+def duplicate_counts(vectors: FloatMatrix, within: float) -> Floats:
+    """For each row, the size of its group of near-duplicates: rows linked by distances ≤ `within`.
+
+    Honest peers train on different data, so their vectors are never this close; colluding identities
+    that send one crafted vector (Sybil, omniscient attackers) are. Dividing each member's weight by its
+    group size makes such a group count as one neighbour."""
+    k = vectors.shape[0]
+    if k < 2 or within <= 0:
+        return np.ones(k)
+    x = vectors.astype(np.float64)
+    close = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2) <= within
+    group = np.arange(k)
+    for _ in range(k):  # label propagation to connected components (k is small)
+        group = np.min(np.where(close, group[None, :], k), axis=1)
+    return np.bincount(group, minlength=k)[group].astype(np.float64)
 
 
 def informative_classes(scores: Floats) -> npt.NDArray[np.bool_]:
@@ -173,7 +215,7 @@ def mix_weights(
 
 @dataclass(frozen=True)
 class Bristle:
-    keep: int = 6  # nearest candidates evaluated every step
+    keep: int = 10  # nearest candidates evaluated every step
     explore: int = 2  # random others evaluated too: a far but useful (non-IID) peer's chance
     far_factor: float = 4.0  # beyond this × the lower-median distance, a candidate is not "near"
     # tolerated drop of mean F1 over the informative classes: about two binomial standard errors of a
@@ -190,6 +232,12 @@ class Bristle:
     boost: float = 4.0  # performance weight = 1 + boost · mean per-class gain ...
     max_boost: float = 3.0  # ... capped, so one lucky candidate cannot take over
     quarantine_below: float = 0.08  # reputation gate; matches ReputationConfig.quarantine_below
+    # each kept candidate pulls us by at most this × the lower-median candidate distance: an explored far
+    # vector that validation let through (dissensus scores well on our own split) moves us a bounded step
+    clip_factor: float = 1.5
+    # kept vectors closer to each other than this × the lower-median candidate distance are one group,
+    # weighted as a single neighbour (honest non-IID vectors are ~1× apart; colluders' copies ~0×)
+    duplicate_factor: float = 0.05
     new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
     newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
     newcomer_cap: float = 0.5  # ... and get at most this share of a mix with established peers
@@ -213,7 +261,7 @@ class Bristle:
         )
         rng = inp.rng if inp.evaluate is not None else None
         near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng)
-        scale = float(np.median(distances)) if distances.size else 0.0
+        scale = lower_median(distances)
         for i, dist in zip(candidates[far].tolist(), distances[far].tolist(), strict=True):
             ratio = dist / scale if scale > 0 else 0.0
             verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=ratio, reason=reasons.FAR)
@@ -236,11 +284,12 @@ class Bristle:
             kept, perf, mean_delta = kept[~worse], perf[~worse], mean_delta[~worse]
 
         mh = inp.mixing_weights.astype(np.float64)
-        mh = np.concatenate(
-            [[mh[0] + mh[1 + np.setdiff1d(np.arange(n), kept)].sum()], mh[1 + kept]]
-        )
+        copies = duplicate_counts(inp.received[kept], self.duplicate_factor * scale)
+        mh_kept = mh[1 + kept] / copies  # near-identical vectors from several identities count once
+        mh = np.concatenate([[mh.sum() - mh_kept.sum()], mh_kept])
         weights = mix_weights(mh, perf, rep[kept], self.newcomer_below, self.newcomer_cap)
-        mixed = weights[0] * inp.own + weights[1:].astype(np.float32) @ inp.received[kept]
+        radius = self.clip_factor * scale if scale > 0 else np.inf
+        mixed = clipped_mix(inp.own, inp.received[kept], weights[1:], radius)
         for i, w, d in zip(kept.tolist(), weights[1:].tolist(), mean_delta.tolist(), strict=True):
             verdicts[i] = Verdict(inp.senders[i], Outcome.KEPT, weight=w, score=d)
         log.debug(
