@@ -245,3 +245,20 @@ def test_a_replaying_neighbour_answers_its_step_instead_of_stalling_it() -> None
     assert elapsed < TIMEOUT  # replayed envelopes are rejected and count as the replayer's answer
     assert net.peers[1].rejections["duplicate"] >= 2  # a round-old envelope is within the window: a replay
     assert net.peers[1].reputation.score(net.ids[2]) <= net.peers[1].reputation.score(net.ids[0])
+
+
+def test_one_signature_per_gossip_step_serves_every_neighbour(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import p2pfed.peer.peer as peer_module
+
+    sealed: list[bytes] = []
+
+    def counting_seal(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sealed.append(real_seal(*args, **kwargs))
+        return sealed[-1]
+
+    real_seal = peer_module.seal
+    monkeypatch.setattr(peer_module, "seal", counting_seal)
+    net = build(n=4, rounds=2, q=3)
+    run(net, 2)
+    assert len(sealed) == 4 * 2 * 3  # peers × rounds × steps, not × 2 ring neighbours
+    assert all(r.outcomes == {"kept": 2 * 3} for r in net.reports)  # both neighbours verified it

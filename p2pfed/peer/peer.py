@@ -135,6 +135,8 @@ class Peer:
         # What replay and free-rider attacks draw on; an honest peer keeps none of it (memory per peer).
         history = 4 * max(1, gossip.gossip_steps) if self.byzantine else 0
         self._sent: deque[tuple[int, int, bytes]] = deque(maxlen=history)
+        # (round, step, vector, envelope) of the last seal: one envelope serves every partner of a step
+        self._last_seal: tuple[int, int, FloatVector, bytes] | None = None
         self._received: deque[tuple[int, int, str, FloatVector]] = deque(maxlen=16 * history)
         self._bytes_sent = 0
         self._bytes_received = 0
@@ -302,6 +304,9 @@ class Peer:
         claimed_round = rnd if message.round is None else message.round
         claimed_step = step if message.step is None else message.step
         vector = self.vector if message.vector is None else message.vector
+        last = self._last_seal
+        if last is not None and last[:2] == (claimed_round, claimed_step) and last[2] is vector:
+            return last[3]  # the same vector for another partner: the envelope names no recipient
         envelope = seal(
             self.identity,
             run_digest=self.run_digest,
@@ -310,6 +315,7 @@ class Peer:
             tensors={TENSOR: np.ascontiguousarray(vector, dtype=np.float32)},
         )
         self._sent.append((claimed_round, claimed_step, envelope))
+        self._last_seal = (claimed_round, claimed_step, vector, envelope)
         return envelope
 
     async def _send_one(self, to: str, data: bytes) -> None:
