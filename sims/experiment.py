@@ -23,7 +23,8 @@ from p2pfed.attacks.registry import ATTACKS, SYBIL, load_behaviour
 from p2pfed.config import GossipConfig, from_mapping
 from p2pfed.errors import ConfigError
 from p2pfed.learn import LearnConfig
-from p2pfed.robust.registry import DEFENCES, load_defence
+from p2pfed.robust.registry import DEFAULT_DEFENCE, DEFENCES, load_defence
+from p2pfed.sims.oracle import ORACLE
 from p2pfed.sims.report import (
     ATTACK_FREE,  # the baseline row: no attack, 0 Byzantine, once per defence/seed
 )
@@ -47,7 +48,8 @@ def attack_names() -> tuple[str, ...]:
 
 
 def defence_names() -> tuple[str, ...]:
-    return tuple(DEFENCES)
+    """Every registered defence, then the oracle: the reference column (it is told who is Byzantine)."""
+    return (*DEFENCES, ORACLE)
 
 
 def default_base() -> SimConfig:
@@ -110,7 +112,7 @@ class Grid:
             ):
                 raise ConfigError(f"byzantine values are counts (5) or fractions of the peers (0.25), got {value!r}")
         for name in self.defences:  # fail now, with the registry's list of names, not an hour into the grid
-            load_defence(name, **self.defence_params.get(name, {}))
+            load_defence(DEFAULT_DEFENCE if name == ORACLE else name, **self.defence_params.get(name, {}))
         for name in self.attacks:
             if name != ATTACK_FREE:
                 load_behaviour(name, count=1, **self.attack_params.get(name, {}))

@@ -27,6 +27,7 @@ from p2pfed.learn.data import load_task, split_test
 from p2pfed.learn.models import resolve_model
 from p2pfed.learn.partition import partition
 from p2pfed.peer.checkpoint import load_checkpoint
+from p2pfed.sims.oracle import ORACLE
 from p2pfed.sims.simulate import SimConfig, SimResult, manifest_of
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ def run_processes(cfg: SimConfig, out: Path, *, eval_rows: int | None = None, th
     """Run the simulation as cfg.peers `p2pfed join` processes (honest peers only; blocking)."""
     if cfg.byzantine:
         raise NetworkError("--processes runs honest peers only; use the in-process libp2p path for attacks")
+    if cfg.defence == ORACLE:
+        raise NetworkError("the oracle defence is a reference for in-process simulations; pick a real defence")
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     shards, eval_file = export_shards(cfg, out / "data", eval_rows=eval_rows)

@@ -21,6 +21,7 @@ import matplotlib
 import numpy as np
 
 from p2pfed.config import write_atomic
+from p2pfed.sims.oracle import ORACLE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -55,12 +56,17 @@ class GridTable:
         return self.stats.get(((ATTACK_FREE, 0), defence))
 
     def best(self, row: RowKey) -> set[str]:
-        """The defence(s) with the highest mean accuracy on this row (ties all win)."""
-        means = {d: s.mean for d in self.defences if (s := self.get(row, d)) is not None}
+        """The defence(s) with the highest mean accuracy on this row (ties all win); the oracle, a
+        reference that is told who is Byzantine, does not compete."""
+        means = {d: s.mean for d in self.contenders if (s := self.get(row, d)) is not None}
         if not means:
             return set()
         top = max(means.values())
         return {d for d, m in means.items() if m >= top - 1e-12}
+
+    @property
+    def contenders(self) -> tuple[str, ...]:
+        return tuple(d for d in self.defences if d != ORACLE)
 
     def label(self, row: RowKey) -> str:
         attack, byzantine = row
@@ -159,14 +165,14 @@ def drop_table(table: GridTable) -> str:
             s, base = table.get(row, defence), table.baseline(defence)
             if s is not None and base is not None:
                 drops[defence] = 100 * (base.mean - s.mean)
-        least = min(drops.values(), default=math.nan)
+        least = min((v for d, v in drops.items() if d != ORACLE), default=math.nan)
         cells = []
         for defence in table.defences:
             if defence not in drops:
                 cells.append("—")
                 continue
             text = f"{drops[defence]:+.1f}"
-            cells.append(f"**{text}**" if drops[defence] <= least + 1e-9 else text)
+            cells.append(f"**{text}**" if defence != ORACLE and drops[defence] <= least + 1e-9 else text)
         lines.append(f"| {table.label(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -187,7 +193,14 @@ def render_markdown(
         f"# {title}",
         "",
         f"Final accuracy of the **honest** peers on the global test set, in %, mean ± sd ({sd_meaning}); "
-        "Byzantine peers are excluded from every figure. The best defence per attack is in **bold**.",
+        "Byzantine peers are excluded from every figure. The best defence per attack is in **bold**."
+        + (
+            " The `oracle` column is a reference, not a contender: it is told who is Byzantine, drops exactly"
+            " them and runs Bristle on the rest, so it shows what a perfect filter reaches when the Byzantine"
+            " peers' data is lost."
+            if ORACLE in table.defences
+            else ""
+        ),
         "",
         accuracy_table(table),
         "",

@@ -32,8 +32,10 @@ from p2pfed.net.transport import Transport
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.peer.topology import build_topology
+from p2pfed.robust.base import Defence
 from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
 from p2pfed.robust.reputation import ReputationTable
+from p2pfed.sims.oracle import ORACLE, Oracle
 from p2pfed.sims.plots import plot_accuracy
 from p2pfed.wire import Identity, Schema
 
@@ -93,9 +95,17 @@ def validate(cfg: SimConfig) -> None:
     """Fail fast on options that cannot work, before anything slow (model loading) happens."""
     byzantine_indices(cfg)
     build_topology(cfg.topology, cfg.peers, degree=cfg.degree, p=cfg.edge_probability, seed=cfg.seed)
-    load_defence(cfg.defence, **cfg.defence_params)
+    make_defence(cfg, frozenset())
     if cfg.byzantine:
         load_behaviour(cfg.attack, count=cfg.byzantine, **cfg.attack_params)
+
+
+def make_defence(cfg: SimConfig, byzantine: frozenset[str]) -> Defence:
+    """The defence of one honest peer. "oracle" (a reference for experiments) is told the Byzantine peer
+    IDs and wraps the default defence, built with `defence_params`."""
+    if cfg.defence == ORACLE:
+        return Oracle(byzantine, load_defence(DEFAULT_DEFENCE, **cfg.defence_params))
+    return load_defence(cfg.defence, **cfg.defence_params)
 
 
 def run_simulation(
@@ -172,7 +182,7 @@ async def _simulate(
                     schema=schema,
                     neighbour_degrees=neighbours,
                     gossip=cfg.gossip,
-                    defence=load_defence(cfg.defence, **cfg.defence_params),
+                    defence=make_defence(cfg, colluders),
                     initial=initial,
                     seed=cfg.seed,
                     compute=compute,

@@ -69,9 +69,10 @@ def test_default_grid_is_the_issue_grid_from_the_registries() -> None:
     attacks = [a for a in ATTACKS if a != "honest"] + [SYBIL]
     assert cfg.base.peers == 16 and cfg.base.learn.task == "trec" and cfg.base.partition == "dirichlet"
     assert cfg.grid.attacks == ("none", *attacks)
-    assert cfg.grid.defences == tuple(DEFENCES)
+    assert cfg.base.topology == "complete"
+    assert cfg.grid.defences == (*DEFENCES, "oracle")  # the oracle: the reference column
     cells = cfg.cells()
-    assert len(cells) == (1 + len(attacks)) * len(DEFENCES)
+    assert len(cells) == (1 + len(attacks)) * (len(DEFENCES) + 1)
     assert {c.byzantine for c in cells if c.attack != "none"} == {5}
 
 

@@ -101,3 +101,13 @@ def test_load_results_skips_a_torn_line_and_keeps_the_latest_row_per_cell(tmp_pa
     first, retried = row("ipm", "mean", 0, 0.0, status="error"), row("ipm", "mean", 0, 0.3)
     path.write_text(json.dumps(first) + "\n" + json.dumps(retried) + "\n" + '{"id": "x", "att')
     assert load_results(path) == [retried]
+
+
+def test_the_oracle_is_shown_but_never_the_best(tmp_path: Path) -> None:
+    rows = [*grid_rows(), row("ipm", "oracle", 0, 0.95), row("none", "oracle", 0, 0.99)]
+    write_report(rows, tmp_path, attacks=["none", "ipm"], defences=["mean", "bristle", "oracle"])
+    text = (tmp_path / "report.md").read_text()
+    assert table_line(text, "ipm").endswith("| **85.0 ± 7.1** | 95.0 ± 2.0 | bristle |")
+    assert "oracle` column is a reference" in text
+    drop_section = text.split("## Drop vs no attack")[1]
+    assert table_line(drop_section, "ipm") == "| ipm | +56.0 | **+4.0** | +4.0 |"
