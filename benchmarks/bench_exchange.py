@@ -1,11 +1,20 @@
 """Throughput of the signed adapter exchange vs a raw libp2p stream carrying the same bytes.
 
-    PYTHONPATH=. python benchmarks/bench_exchange.py [--mb 4] [--count 16]
+    PYTHONPATH=. python benchmarks/bench_exchange.py [--mb 4] [--count 4] [--repeats 21]
 
-Both paths run in one process on 127.0.0.1, one payload at a time, A -> B:
+All paths run in one process on 127.0.0.1 with both host pairs up side by side, A -> B, one payload at
+a time:
   raw     a plain py-libp2p stream per payload: write the bytes, close, the receiver reads to EOF
+  framed  Libp2pTransport.send (framed, acknowledged) of an envelope sealed beforehand, not verified
   signed  seal (safetensors + SHA-256 + Ed25519) -> Libp2pTransport.send (framed, acknowledged)
-          -> open_envelope at the receiver (signature, digest, schema, finiteness, decode)
+          -> open_envelope at the receiver (signature, digest, schema, finiteness, decode);
+          sealing and verification on the event loop, as the Peer does them, or in worker threads
+Each repetition times one batch of every path back to back, in rotating order, so that load on a shared
+machine hits all alike; a ratio reported is the median (and spread) of the per-repetition ratios.
+
+py-libp2p runs on one thread. Work in worker threads overlaps with the transfer only while a second core
+is free; the CPU column (process CPU per MiB, both ends) says what each path costs in total, which is
+what bounds the ratio on a machine with no core to spare.
 The goal is signed/raw >= 0.9: signing and verification must not be what limits a round.
 """
 
@@ -14,8 +23,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import statistics
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import multiaddr
 import numpy as np
@@ -26,13 +41,15 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from p2pfed.net.libp2p_transport import Libp2pConfig
+from p2pfed.net.framing import CHUNK
+from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
 from p2pfed.net.loopback import loopback_transports
 from p2pfed.wire import Accepted, Identity, Limits, Schema, open_envelope, seal
 
 RAW = TProtocol("/bench/raw/1.0.0")
 LOOPBACK = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
 RUN = hashlib.sha256(b"bench").digest()
+T = TypeVar("T")
 
 
 def _tensors(megabytes: float, seed: int) -> dict[str, np.ndarray]:
@@ -41,8 +58,21 @@ def _tensors(megabytes: float, seed: int) -> dict[str, np.ndarray]:
     return {"lora_B": rng.standard_normal(n).astype(np.float32)}
 
 
-async def bench_raw(payload: bytes, count: int) -> float:
-    """Seconds to move `count` copies of `payload` over fresh raw streams."""
+@dataclass
+class Timing:
+    wall_s: float
+    cpu_s: float  # process CPU: the event loop and the worker threads
+
+
+async def timed(batch: Callable[[], Awaitable[None]]) -> Timing:
+    wall, cpu = time.perf_counter(), time.process_time()
+    await batch()
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+@asynccontextmanager
+async def raw_pair(payload_bytes: int) -> AsyncIterator[Callable[[bytes, int], Awaitable[None]]]:
+    """Two plain hosts, connected; yields `send(payload, count)`, which returns once B read it all."""
     a = new_host(key_pair=create_new_key_pair(), listen_addrs=[LOOPBACK])
     b = new_host(key_pair=create_new_key_pair(), listen_addrs=[LOOPBACK])
     received = trio.Semaphore(0)
@@ -50,79 +80,130 @@ async def bench_raw(payload: bytes, count: int) -> float:
     async def sink(stream) -> None:
         got = 0
         try:
-            while True:
-                chunk = await stream.read(1 << 20)
-                if not chunk:
-                    break
+            while chunk := await stream.read(1 << 20):
                 got += len(chunk)
         except StreamEOF:
             pass
-        assert got == len(payload)
+        assert got == payload_bytes
         received.release()
+
+    async def send(payload: bytes, count: int) -> None:
+        for _ in range(count):
+            stream = await a.new_stream(b.get_id(), [RAW])
+            for offset in range(0, len(payload), CHUNK):  # the chunks the framed path writes
+                await stream.write(payload[offset : offset + CHUNK])
+            await stream.close()
+            await received.acquire()
 
     b.set_stream_handler(RAW, sink)
     async with a.run(listen_addrs=[LOOPBACK]), b.run(listen_addrs=[LOOPBACK]):
         await a.connect(info_from_p2p_addr(b.get_addrs()[0]))
-        started = time.perf_counter()
-        for _ in range(count):
-            stream = await a.new_stream(b.get_id(), [RAW])
-            for offset in range(0, len(payload), 256 * 1024):
-                await stream.write(payload[offset : offset + 256 * 1024])
-            await stream.close()
-            await received.acquire()
-        elapsed = time.perf_counter() - started
+        yield send
         await a.close()
         await b.close()
-    return elapsed
 
 
-async def bench_signed(tensors: dict[str, np.ndarray], count: int) -> float:
-    """Seconds to seal, send and verify `count` updates. Sealing and verification run in worker
-    threads (as the Peer runs blocking work), so they overlap with the transfer of the next payload."""
+async def signed_batch(
+    a: Libp2pTransport,
+    b: Libp2pTransport,
+    tensors: dict[str, np.ndarray],
+    count: int,
+    *,
+    threads: bool,
+) -> None:
+    """Seal, send and verify `count` updates, sealing the next while the last one is in flight. With
+    `threads`, sealing and verification run in worker threads; without, on the event loop (as the Peer
+    does)."""
     schema = Schema.from_tensors(tensors)
+    sealed_in, sealed_out = trio.open_memory_channel[bytes](1)
+
+    async def run(fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args) if threads else fn(*args)
+
+    def seal_step(step: int) -> bytes:
+        return seal(a.identity, run_digest=RUN, round=0, step=step, tensors=tensors)
+
+    def verify(data: bytes, remote: str) -> None:
+        result = open_envelope(
+            data,
+            remote=remote,
+            run_digest=RUN,
+            schema=schema,
+            limits=Limits(),
+            round_window=None,
+            now=None,
+        )
+        assert isinstance(result, Accepted)
+
+    async def sealer() -> None:
+        async with sealed_in:
+            for step in range(count):
+                await sealed_in.send(await run(seal_step, step))
+
+    async def sender() -> None:
+        async with sealed_out:
+            async for envelope in sealed_out:
+                assert await a.send(b.local_id, envelope)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sealer)
+        nursery.start_soon(sender)
+        for _ in range(count):
+            delivery = await b.incoming.receive()
+            await run(verify, delivery.data, delivery.remote)
+
+
+async def framed_batch(a: Libp2pTransport, b: Libp2pTransport, envelope: bytes, count: int) -> None:
+    """Send `count` copies of an already sealed envelope; the receiver does not verify: what the
+    transport alone (framing, acknowledgement) costs."""
+
+    async def sender() -> None:
+        for _ in range(count):
+            assert await a.send(b.local_id, envelope)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        for _ in range(count):
+            await b.incoming.receive()
+
+
+PATHS = ("raw", "framed", "signed", "signed_threads")
+LABELS = {
+    "raw": "raw libp2p stream",
+    "framed": "transport only, no crypto",
+    "signed": "signed, on the event loop",
+    "signed_threads": "signed, in worker threads",
+}
+
+
+async def compare(
+    tensors: dict[str, np.ndarray], envelope: bytes, count: int, repeats: int
+) -> list[dict[str, Timing]]:
+    """Per repetition, one timed batch of each path back to back, in rotating order (after one
+    warm-up batch each)."""
     identities = [Identity.for_peer(0, 0), Identity.for_peer(0, 1)]
-    async with loopback_transports(identities, Libp2pConfig(run_digest=RUN)) as (a, b):
-        sealed_in, sealed_out = trio.open_memory_channel[bytes](1)
-
-        async def sealer() -> None:
-            async with sealed_in:
-                for step in range(count):
-                    envelope = await trio.to_thread.run_sync(
-                        lambda step=step: seal(
-                            a.identity, run_digest=RUN, round=0, step=step, tensors=tensors
-                        )
-                    )
-                    await sealed_in.send(envelope)
-
-        async def sender() -> None:
-            async with sealed_out:
-                async for envelope in sealed_out:
-                    assert await a.send(b.local_id, envelope)
-
-        def verify(data: bytes, remote: str) -> None:
-            result = open_envelope(
-                data,
-                remote=remote,
-                run_digest=RUN,
-                schema=schema,
-                limits=Limits(),
-                round_window=None,
-                now=None,
-            )
-            assert isinstance(result, Accepted)
-
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sealer)
-            nursery.start_soon(sender)
-            for _ in range(count):
-                delivery = await b.incoming.receive()
-                await trio.to_thread.run_sync(verify, delivery.data, delivery.remote)
-        return time.perf_counter() - started
+    async with (
+        raw_pair(len(envelope)) as raw_send,
+        loopback_transports(identities, Libp2pConfig(run_digest=RUN)) as (a, b),
+    ):
+        batches: dict[str, Callable[[], Awaitable[None]]] = {
+            "raw": partial(raw_send, envelope, count),
+            "framed": partial(framed_batch, a, b, envelope, count),
+            "signed": partial(signed_batch, a, b, tensors, count, threads=False),
+            "signed_threads": partial(signed_batch, a, b, tensors, count, threads=True),
+        }
+        for batch in batches.values():
+            await batch()
+        runs = []
+        for repetition in range(repeats):
+            shift = repetition % len(PATHS)
+            order = PATHS[shift:] + PATHS[:shift]
+            runs.append({path: await timed(batches[path]) for path in order})
+        return runs
 
 
 def crypto_cost(tensors: dict[str, np.ndarray], repeats: int) -> tuple[float, float]:
-    """Seconds per MB to seal, and to open (verify + decode), without any network."""
+    """Seconds per MiB to seal, and to open (verify + decode), without any network."""
     identity = Identity.for_peer(0, 0)
     schema = Schema.from_tensors(tensors)
     megabytes = schema.nbytes / 2**20
@@ -146,37 +227,45 @@ def crypto_cost(tensors: dict[str, np.ndarray], repeats: int) -> tuple[float, fl
     return sealed / repeats / megabytes, opened / repeats / megabytes
 
 
+def _spread(values: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"{statistics.median(values):.2f} (IQR {q1:.2f}-{q3:.2f}, range {min(values):.2f}-{max(values):.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=4.0, help="payload size in MiB")
-    parser.add_argument("--count", type=int, default=16, help="payloads per path")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per path")
+    parser.add_argument("--count", type=int, default=4, help="payloads per batch")
+    parser.add_argument("--repeats", type=int, default=21, help="timed batches per path")
     args = parser.parse_args()
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
 
     tensors = _tensors(args.mb, seed=1)
     envelope = seal(Identity.for_peer(0, 0), run_digest=RUN, round=0, step=0, tensors=tensors)
-    total_mb = len(envelope) * args.count / 2**20
-    raw_runs, signed_runs = [], []
-    for _ in range(args.repeats):  # alternate, then take medians: the machine is shared and noisy
-        raw_runs.append(trio.run(bench_raw, envelope, args.count))
-        signed_runs.append(trio.run(bench_signed, tensors, args.count))
-    raw_s, signed_s = statistics.median(raw_runs), statistics.median(signed_runs)
+    batch_mib = len(envelope) * args.count / 2**20
+    load_before = os.getloadavg()[0]
+    runs = trio.run(compare, tensors, envelope, args.count, args.repeats)
+    load_after = os.getloadavg()[0]
     seal_s, open_s = crypto_cost(tensors, repeats=10)
 
-    rows = [
-        ("raw libp2p stream", f"{total_mb / raw_s:8.1f} MiB/s", f"{raw_s:6.2f} s"),
-        ("signed exchange", f"{total_mb / signed_s:8.1f} MiB/s", f"{signed_s:6.2f} s"),
-        ("ratio signed/raw", f"{raw_s / signed_s:8.2f}", "goal >= 0.9"),
-        ("seal (sign) per MiB", f"{seal_s * 1e3:8.2f} ms", ""),
-        ("open (verify+decode) per MiB", f"{open_s * 1e3:8.2f} ms", ""),
-    ]
     print(
-        f"{args.count} x {len(envelope) / 2**20:.2f} MiB, one process, 127.0.0.1, "
-        f"median of {args.repeats} alternating runs"
+        f"{args.count} x {len(envelope) / 2**20:.2f} MiB per batch, one process, 127.0.0.1, "
+        f"{args.repeats} repetitions of the paths back to back, load average "
+        f"{load_before:.1f}-{load_after:.1f} on {os.cpu_count()} cores"
     )
-    for name, value, note in rows:
-        print(f"  {name:30s} {value:>16s}  {note}")
+    print(f"  {'':26s} {'MiB/s':>6s} {'CPU ms/MiB':>10s}   path/raw per repetition: wall; CPU")
+    for path in PATHS:
+        rate = statistics.median(batch_mib / run[path].wall_s for run in runs)
+        cpu = statistics.median(run[path].cpu_s / batch_mib for run in runs)
+        line = f"  {LABELS[path]:26s} {rate:6.1f} {cpu * 1e3:10.2f}"
+        if path != "raw":
+            wall_ratio = _spread([run["raw"].wall_s / run[path].wall_s for run in runs])
+            cpu_ratio = statistics.median(run["raw"].cpu_s / run[path].cpu_s for run in runs)
+            line += f"   {wall_ratio}; {cpu_ratio:.2f}"
+        print(line)
+    print("  goal: signed/raw >= 0.9")
+    print(f"  {'seal (sign) per MiB':30s} {seal_s * 1e3:8.2f} ms")
+    print(f"  {'open (verify+decode) per MiB':30s} {open_s * 1e3:8.2f} ms")
 
 
 if __name__ == "__main__":

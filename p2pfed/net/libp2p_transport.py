@@ -7,8 +7,10 @@ defects of py-libp2p 0.8.1 this module works around (see the project's notes) ar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +19,15 @@ import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.address_validation import expand_wildcard_address
 
 from p2pfed.net.framing import FrameError, read_frame, write_frame
 from p2pfed.net.libp2p_guards import ConnectionEvents, guarded, no_auto_connect, quietly
@@ -53,6 +58,7 @@ class Libp2pConfig:
     frame_timeout_s: float = 120.0  # a whole frame, any size
     open_timeout_s: float = 10.0  # open + negotiate a stream; queues behind writes on a busy link
     send_attempts: int = 4  # a stalled send drops the connection and retries on a fresh one
+    retry_backoff_s: float = 0.25  # before the 2nd attempt; doubles for each further one
     parallel_sends_per_peer: int = 2  # more frames in flight to one peer would starve each other
     announce_interval_s: float = 10.0
     close_timeout_s: float = 5.0
@@ -73,6 +79,11 @@ class Libp2pTransport:
             enable_mDNS=config.enable_mdns,
             connection_config=ConnectionConfig(dial_timeout=config.dial_timeout_s),
         )
+        mdns = getattr(self._host, "mDNS", None)
+        if mdns is not None:
+            # py-libp2p 0.8.1 advertises the listen addresses as bound: given 0.0.0.0 (the daemon's
+            # default), a peer on another machine dials 0.0.0.0, that is, itself
+            mdns.broadcaster._resolve_host_addrs = self._mdns_addrs
         self._host.set_stream_handler(UPDATE_PROTOCOL, self._handle_update)
         self._host.set_stream_handler(HELLO_PROTOCOL, self._handle_hello)
         self._gossipsub = GossipSub(
@@ -98,6 +109,7 @@ class Libp2pTransport:
         send_in, self._incoming = trio.open_memory_channel[Delivery](config.incoming_capacity)
         self._incoming_in = send_in
         self._hello_in, self._hello_out = trio.open_memory_channel[str](1024)
+        self._found_in, self._found_out = trio.open_memory_channel[PeerInfo](256)  # from mDNS
         self._members: dict[str, tuple[str, ...]] = {}  # run members seen, with their addrs
         self._degrees: dict[str, int] = {}  # neighbours' own neighbour counts, from their presence
         self._rounds: dict[str, int] = {}  # neighbours' current rounds, as they last announced them
@@ -182,8 +194,9 @@ class Libp2pTransport:
                 return True
             self._count(f"send_fail.{error}")
             log.debug("send to %s failed (%s), attempt %d", to, error, attempt + 1)
-            if error == "dial":
+            if error == "dial" or attempt + 1 == self.config.send_attempts:
                 break
+            await trio.sleep(self.config.retry_backoff_s * 2**attempt)  # let a reset settle
         return False
 
     # -------------------------------------------------------------- lifecycle
@@ -222,6 +235,7 @@ class Libp2pTransport:
         with self._host_scope:
             try:
                 async with (
+                    self._mdns_events(),  # before the host starts: mDNS reports each peer only once
                     self._host.run(listen_addrs=self._listen),
                     background_trio_service(self._pubsub),
                     background_trio_service(self._gossipsub),
@@ -233,6 +247,8 @@ class Libp2pTransport:
                         nursery.start_soon(self._hello_worker)
                         nursery.start_soon(self._read_announcements, subscription)
                         nursery.start_soon(self._announce_loop)
+                        if self.config.enable_mdns:
+                            nursery.start_soon(self._dial_discovered)
                         for addr in self.config.bootstrap:
                             nursery.start_soon(self.connect, addr)
                         self._started.set()
@@ -286,9 +302,13 @@ class Libp2pTransport:
         with trio.move_on_after(self.config.open_timeout_s):
             try:
                 stream = await self._host.new_stream(peer, [UPDATE_PROTOCOL])
+            except SwarmException as exc:
+                log.debug("new stream to %s failed: %r (from %r)", peer, exc, exc.__cause__)
+                if exc.__cause__ is not None:  # every connection to the peer failed to open one
+                    await self._drop_dead_connections(peer)
+                    return "dead_connection"
             except Exception as exc:
-                log.debug("new stream to %s failed: %r", peer, exc)
-                stream = None
+                log.debug("new stream to %s failed: %r (from %r)", peer, exc, exc.__cause__)
         if stream is None:
             return "negotiate"
         error = await write_frame(
@@ -306,6 +326,14 @@ class Libp2pTransport:
             if conn.muxed_conn is muxed_conn:
                 self._count("connections_dropped")
                 await quietly(conn.close, self.config.close_timeout_s)
+
+    async def _drop_dead_connections(self, peer: ID) -> None:
+        """Close the connections to `peer` that can no longer open a stream. After a reset (the remote
+        dropped a stalled connection) libp2p still lists them as open for a while, and every retry
+        would pick them again; once closed, the next attempt dials afresh."""
+        for conn in list(self._host.get_network().get_connections(peer)):
+            self._count("connections_dropped")
+            await quietly(conn.close, self.config.close_timeout_s)
 
     def _known(self, peer: ID) -> bool:
         try:
@@ -344,6 +372,51 @@ class Libp2pTransport:
             log.debug("pubsub stream from %s failed: %r", stream.muxed_conn.peer_id, exc)
             await quietly(stream.reset)
             self._pubsub._handle_dead_peer(stream.muxed_conn.peer_id)
+
+    # -------------------------------------------------------------- mDNS
+    @contextlib.asynccontextmanager
+    async def _mdns_events(self) -> AsyncIterator[None]:
+        """Queue the peers mDNS finds while this transport runs (`_dial_discovered` dials them)."""
+        if not self.config.enable_mdns:
+            yield
+            return
+        token = trio.lowlevel.current_trio_token()
+
+        def on_found(info: PeerInfo) -> None:  # runs on zeroconf's thread, for every host in the process
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._queue_found, info)
+
+        peerDiscovery.register_peer_discovered_handler(on_found)
+        try:
+            yield
+        finally:
+            peerDiscovery.unregister_peer_discovered_handler(on_found)
+
+    def _queue_found(self, info: PeerInfo) -> None:
+        try:
+            self._found_in.send_nowait(info)
+        except trio.WouldBlock:
+            self._count("mdns_dropped")
+        except trio.ClosedResourceError:
+            pass
+
+    def _mdns_addrs(self) -> list[str]:
+        """What mDNS advertises: the --announce addresses, else the listen addresses with a wildcard
+        (0.0.0.0, ::) replaced by this machine's interface addresses; libp2p appends /p2p/<id>."""
+        if self.config.announce_addrs:
+            return [a.split("/p2p/")[0] for a in self.config.announce_addrs]
+        return [
+            str(concrete)
+            for addr in self._host.get_transport_addrs()
+            for concrete in expand_wildcard_address(addr)
+        ]
+
+    async def _dial_discovered(self) -> None:
+        """Dial the peers mDNS found. libp2p would leave that to its auto-connector, which is off here
+        (see __init__): without this, discovered peers would only ever reach the peerstore."""
+        async for info in self._found_out:
+            self._count("mdns_found")
+            self._explore(((info.peer_id.to_base58(), tuple(str(a) for a in info.addrs)),))
 
     # -------------------------------------------------------------- presence
     def _presence(self) -> Presence:
