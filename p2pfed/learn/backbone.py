@@ -79,10 +79,18 @@ class EncoderBackbone:
         hidden = self._base.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
         return self._run(hidden, mask, range(self.split))
 
+    @property
+    def top_layer(self) -> torch.nn.Module:
+        return self._base.encoder.layer[self.num_layers - 1]
+
+    @property
+    def pooler(self) -> torch.nn.Module:
+        return self._base.pooler
+
     def upper(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Output of the top layers at the first token only (all the pooler reads)."""
         hidden = self._run(hidden, mask, range(self.split, self.num_layers - 1))
-        return self._first_token_layer(self._base.encoder.layer[self.num_layers - 1], hidden, mask)
+        return self._first_token_layer(self.top_layer, hidden, mask)
 
     def _first_token_layer(
         self, layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor

@@ -1,8 +1,10 @@
 """One frozen base model + adapter + task data per process, shared by every simulated peer.
 
 A peer owns only a flat float32 vector (see adapters.FlatSchema); every method takes the vector to use,
-loads it into the shared adapter under a lock, and computes. Row indices given to `train`, `evaluate`
-and `score` refer to the training pool (`train_labels`); the global test set is internal.
+loads it into the shared adapter under a lock, and computes (`score` of an encoder adapted on its top
+layer only reads every candidate straight from its vector instead, see batched_score.py). Row indices
+given to `train`, `evaluate` and `score` refer to the training pool (`train_labels`); the global test
+set is internal.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import transformers
 from p2pfed.errors import ConfigError
 from p2pfed.learn.adapters import FlatSchema, attach_lora, lora_config, weight_deltas
 from p2pfed.learn.backbone import Batch, CausalBackbone, EncoderBackbone
+from p2pfed.learn.batched_score import BatchedScorer, PreparedRows
 from p2pfed.learn.config import LearnConfig
 from p2pfed.learn.data import TaskData, append_eval, load_task, split_test
 from p2pfed.learn.features import Features, build_features
@@ -42,6 +45,9 @@ transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 EVAL_BATCH = 128  # rows per no-grad forward in evaluate/score
+# candidate-independent tensors score() keeps across calls (~2.7 MB per 45 trec rows): the first
+# peers' validation rows fit, later ones are recomputed each call
+PREPARED_BUDGET = 64 * 2**20
 HEAD_FILE = "p2pfed.json"  # run facts saved next to the peft adapter (labels, base hash, config)
 
 
@@ -83,6 +89,14 @@ class TaskModel:
         self.dim = self._schema.dim
         self._initial = self._schema.flatten()
         self._lock = threading.RLock()
+        # score() runs every candidate in one stacked pass when the model's shape allows it
+        self._batched = (
+            BatchedScorer.build(backbone, peft_model, self._schema)
+            if self.kind == "classification"
+            else None
+        )
+        self._prepared: dict[bytes, list[PreparedRows]] = {}  # by rows, see _prepared_rows
+        self._prepared_bytes = 0
 
     @classmethod
     def load(
@@ -275,29 +289,83 @@ class TaskModel:
         position = {row: i for i, row in enumerate(order.tolist())}
         return out.numpy()[[position[r] for r in rows.tolist()]].astype(np.float32)
 
+    @property
+    def batched_score(self) -> bool:
+        """True when score() and candidate_logits() run all candidates in one stacked pass (an
+        encoder adapted on its top layer only, see batched_score.py); False: one forward each."""
+        return self._batched is not None
+
+    def candidate_logits(
+        self, vectors: FloatMatrix, indices: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        """(m, d) candidates -> (m, n, num_classes) class scores on pool rows `indices`, in the order
+        given; equal to logits() of each candidate up to float rounding."""
+        if self.kind != "classification":
+            raise ValueError("candidate_logits() is for classification tasks")
+        vectors = np.atleast_2d(vectors)
+        rows = self._pool[np.asarray(indices, dtype=np.int64)]
+        if len(rows) == 0:
+            return np.zeros((len(vectors), 0, self.num_classes), dtype=np.float32)
+        with self._lock, torch.inference_mode():
+            if self._batched is not None:
+                flat = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+                out = [self._batched.logits(flat, part) for part in self._prepared_rows(rows)]
+                return torch.cat(out, dim=1).numpy().astype(np.float32)
+            batches, order = self._batches(rows)  # gathered once, reused by every candidate
+            looped = torch.stack([self._forward_all(batches)[0] for _ in self._loaded(vectors)])
+        position = {row: i for i, row in enumerate(order.tolist())}
+        return looped.numpy()[:, [position[r] for r in rows.tolist()]].astype(np.float32)
+
     def score(self, vectors: FloatMatrix, indices: npt.NDArray[np.int64]) -> FloatMatrix:
         """(m, d) candidates -> (m, c) scores on pool rows `indices`, higher is better.
 
         Classification: per-class F1 (c = num_classes); instruction: minus the mean loss (c = 1).
         """
         vectors = np.atleast_2d(vectors)
-        rows = self._pool[np.asarray(indices, dtype=np.int64)]
-        if len(rows) == 0:
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
             return np.zeros((len(vectors), self.num_classes), dtype=np.float32)
+        if self.kind == "classification":
+            predicted = self.candidate_logits(vectors, indices).argmax(-1)
+            return per_class_f1_batch(predicted, self.train_labels[indices], self.num_classes)
         with self._lock, torch.inference_mode():
-            batches, order = self._batches(rows)  # gathered once, reused by every candidate
-            results = []
-            for vector in vectors:
-                with torch.inference_mode(False), torch.no_grad():
-                    self._schema.load(vector)
-                out, _ = self._forward_all(batches)
-                results.append(
-                    -out.mean().reshape(1) if self.kind == "instruction" else out.argmax(-1)
-                )
-        if self.kind == "instruction":
-            return torch.stack(results).numpy().astype(np.float32)
-        predicted = torch.stack(results).numpy()
-        return per_class_f1_batch(predicted, self._data.labels[order], self.num_classes)
+            batches, _ = self._batches(self._pool[indices])
+            losses = [self._forward_all(batches)[0].mean() for _ in self._loaded(vectors)]
+        return -torch.stack(losses).reshape(-1, 1).numpy().astype(np.float32)
+
+    def _prepared_rows(self, rows: npt.NDArray[np.int64]) -> list[PreparedRows]:
+        """The candidate-independent part of the top layer on `rows` (in chunks), kept for the next
+        call while PREPARED_BUDGET lasts: a peer scores on the same validation rows every round."""
+        assert self._batched is not None
+        key = rows.tobytes()
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            chunks = [rows[i : i + EVAL_BATCH] for i in range(0, len(rows), EVAL_BATCH)]
+            prepared = [self._batched.prepare(*self._packed(chunk)) for chunk in chunks]
+            size = sum(part.nbytes for part in prepared)
+            if self._prepared_bytes + size <= PREPARED_BUDGET:
+                self._prepared[key] = prepared
+                self._prepared_bytes += size
+        return prepared
+
+    def _packed(self, rows: npt.NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower-layer output of every token of `rows` (row after row, no padding) and row lengths."""
+        features = self._features
+        lengths = features.lengths[rows]
+        if features.hidden is None:  # no cache: run the lower layers on a padded batch
+            batch = features.batch(rows)
+            assert batch.hidden is not None
+            return batch.hidden[batch.mask.bool()], batch.lengths
+        skip = features.offsets[rows] - (np.cumsum(lengths) - lengths)  # packed -> cache position
+        index = np.arange(int(lengths.sum())) + np.repeat(skip, lengths)
+        return features.hidden[torch.from_numpy(index)], torch.from_numpy(lengths)
+
+    def _loaded(self, vectors: FloatMatrix) -> Iterator[None]:
+        """Load each vector into the shared model in turn (caller holds the lock)."""
+        for vector in vectors:
+            with torch.inference_mode(False), torch.no_grad():
+                self._schema.load(vector)
+            yield
 
     # -- export ----------------------------------------------------------------------------------
 

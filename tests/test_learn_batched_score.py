@@ -1,0 +1,99 @@
+"""Stacked scoring of many candidates (batched_score.py) against the per-candidate forward, on the real
+MiniLM with a small slice of trec (6 classes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from p2pfed.learn import LearnConfig, TaskModel
+from p2pfed.learn.data import load_task
+from p2pfed.learn.train import per_class_f1_batch
+
+
+@pytest.fixture(scope="module")
+def small_task(tmp_path_factory) -> str:
+    trec = load_task("trec")
+    rng = np.random.default_rng(0)
+    rows = np.concatenate(
+        [rng.choice(np.flatnonzero(trec.labels == c), 30, replace=False) for c in range(6)]
+    )
+    path = tmp_path_factory.mktemp("data") / "trec-small.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"text": trec.texts[i], "label": trec.label_names[trec.labels[i]]}) + "\n"
+            for i in rows
+        )
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def load(small_task: str, cache_dir: Path, **overrides) -> TaskModel:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("P2PFED_CACHE", str(cache_dir))
+        return TaskModel.load(LearnConfig(task=small_task, test_size=40, batch_size=8, **overrides))
+
+
+def candidates(model: TaskModel, count: int) -> np.ndarray:
+    """Vectors like those Bristle receives: a trained model, noisy copies of it, and a scaled attack."""
+    rng = np.random.default_rng(1)
+    start = model.initial_vector()
+    trained, _ = model.train(
+        start, np.arange(model.pool_size), steps=10, lr=3e-2, rho=0.05, rng=rng
+    )
+    step = np.abs(trained - start)
+    noisy = trained + 0.5 * rng.standard_normal((count - 2, model.dim)) * step
+    return np.vstack([trained, noisy, start + 5 * (trained - start)]).astype(np.float32)
+
+
+def validation_rows(model: TaskModel) -> np.ndarray:
+    return np.random.default_rng(2).permutation(model.pool_size)[:50]  # unsorted, mixed lengths
+
+
+@pytest.mark.parametrize("lora_mode", ["shared-a", "full"])
+def test_stacked_scoring_equals_one_forward_per_candidate(small_task, cache_dir, lora_mode):
+    model = load(small_task, cache_dir, lora_mode=lora_mode)
+    assert model.batched_score
+    vectors, rows = candidates(model, 9), validation_rows(model)
+
+    stacked = model.candidate_logits(vectors, rows)
+    looped = np.stack([model.logits(v, rows) for v in vectors])  # loads each into the peft model
+
+    assert stacked.shape == (9, len(rows), 6) and stacked.dtype == np.float32
+    assert np.abs(stacked - looped).max() < 1e-4
+    predicted = looped.argmax(-1)
+    assert len(np.unique(predicted)) > 2  # the candidates disagree: the comparison means something
+    assert np.array_equal(stacked.argmax(-1), predicted)
+    expected_f1 = per_class_f1_batch(predicted, model.train_labels[rows], model.num_classes)
+    assert np.array_equal(model.score(vectors, rows), expected_f1)
+    model.logits(vectors[0], rows)  # loads vectors[0]; stacked scoring must leave it loaded
+    loaded = {k: v.clone() for k, v in model.peft_model.state_dict().items()}
+    model.score(vectors[1:], rows)
+    assert all(torch.equal(loaded[k], v) for k, v in model.peft_model.state_dict().items())
+
+
+def test_two_adapted_layers_score_one_candidate_at_a_time(small_task, cache_dir):
+    model = load(small_task, cache_dir, adapt_layers=2)
+    assert not model.batched_score
+    vectors, rows = candidates(model, 3), validation_rows(model)
+    looped = np.stack([model.logits(v, rows) for v in vectors])
+    assert np.array_equal(model.candidate_logits(vectors, rows), looped)
+    expected_f1 = per_class_f1_batch(looped.argmax(-1), model.train_labels[rows], 6)
+    assert np.array_equal(model.score(vectors, rows), expected_f1)
+
+
+def test_stacked_scoring_without_the_feature_cache(small_task, cache_dir):
+    model = load(small_task, cache_dir, feature_cache=False)  # lower layers run on every call
+    assert model.batched_score
+    vectors, rows = candidates(model, 3), validation_rows(model)
+    looped = np.stack([model.logits(v, rows) for v in vectors])
+    assert np.abs(model.candidate_logits(vectors, rows) - looped).max() < 1e-4
