@@ -106,7 +106,9 @@ def duplicate_counts(vectors: FloatMatrix, within: float) -> Floats:
     if k < 2 or within <= 0:
         return np.ones(k)
     x = vectors.astype(np.float64)
-    close = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2) <= within
+    squares = np.einsum("ij,ij->i", x, x)
+    gram = x @ x.T  # pairwise distances from the Gram matrix: no (k, k, d) difference tensor
+    close = squares[:, None] + squares[None, :] - 2 * gram <= within**2
     group = np.arange(k)
     for _ in range(k):  # label propagation to connected components (k is small)
         group = np.min(np.where(close, group[None, :], k), axis=1)
