@@ -328,3 +328,12 @@ def test_identical_vectors_from_several_identities_count_as_one_neighbour() -> N
     assert colluders == pytest.approx(weights["p3"] * 3)
     assert colluders == pytest.approx(min(weights["p0"], weights["p1"], weights["p2"]), rel=1e-6)
     assert duplicate_counts(received, within=1e-3).tolist() == [1, 1, 1, 3, 3, 3]
+
+
+def test_copies_of_one_vector_take_one_place_among_the_nearest() -> None:
+    distances = np.array([1.0, 1.0, 1.0, 2.0, 2.5, 3.0])
+    groups = np.array([0, 0, 0, 3, 4, 5])  # three colluders sent one vector, nearest of all
+    kept, dropped = prioritize(distances, keep=3, explore=0, far_factor=4.0, rng=None, groups=groups)
+    assert sorted(kept.tolist()) == [0, 1, 2, 3, 4] and dropped.tolist() == [5]
+    kept, _ = prioritize(distances, keep=3, explore=0, far_factor=4.0, rng=None)
+    assert sorted(kept.tolist()) == [0, 1, 2]  # without groups they would crowd everyone out

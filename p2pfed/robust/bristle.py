@@ -59,18 +59,33 @@ Indices = npt.NDArray[np.intp]
 
 
 def prioritize(
-    distances: Floats, keep: int, explore: int, far_factor: float, rng: np.random.Generator | None
+    distances: Floats,
+    keep: int,
+    explore: int,
+    far_factor: float,
+    rng: np.random.Generator | None,
+    groups: Indices | None = None,
 ) -> tuple[Indices, Indices]:
     """(kept, dropped) indices: the `keep` nearest within `far_factor` × lower-median distance, plus
-    `explore` random others when `rng` is given."""
+    `explore` random others when `rng` is given. With `groups` (a label per candidate, see
+    `duplicate_groups`), a group of near-duplicates takes one of the `keep` places, so that colluders
+    sending copies of one vector near us cannot crowd honest neighbours out."""
     n = distances.size
     if n == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
     order = np.argsort(distances, kind="stable")
     scale = distances[order[(n - 1) // 2]]
     limit = far_factor * scale if scale > 0 else np.inf
-    nearest = order[:keep]
-    kept = nearest[distances[nearest] <= limit]
+    labels = np.arange(n) if groups is None else groups
+    admitted: set[int] = set()
+    nearest = []
+    for i in order[distances[order] <= limit].tolist():
+        if labels[i] not in admitted:
+            if len(admitted) == keep:
+                continue
+            admitted.add(int(labels[i]))
+        nearest.append(i)
+    kept = np.asarray(nearest, dtype=np.intp)
     rest = np.setdiff1d(order, kept, assume_unique=True)
     if rng is not None and explore > 0 and rest.size:
         explored = rng.choice(rest, size=min(explore, rest.size), replace=False)
@@ -96,23 +111,29 @@ def clipped_mix(own: FloatVector, kept: FloatMatrix, weights: Floats, radius: fl
     return (own + (weights * factors) @ diffs).astype(own.dtype)
 
 
-def duplicate_counts(vectors: FloatMatrix, within: float) -> Floats:
-    """For each row, the size of its group of near-duplicates: rows linked by distances ≤ `within`.
+def duplicate_groups(vectors: FloatMatrix, within: float) -> Indices:
+    """A group label per row: rows linked by distances ≤ `within` share one (connected components).
 
     Honest peers train on different data, so their vectors are never this close; colluding identities
-    that send one crafted vector (Sybil, omniscient attackers) are. Dividing each member's weight by its
-    group size makes such a group count as one neighbour."""
+    that send one crafted vector (Sybil, omniscient attackers) are."""
     k = vectors.shape[0]
+    group = np.arange(k)
     if k < 2 or within <= 0:
-        return np.ones(k)
+        return group
     x = vectors.astype(np.float64)
     squares = np.einsum("ij,ij->i", x, x)
     gram = x @ x.T  # pairwise distances from the Gram matrix: no (k, k, d) difference tensor
     close = squares[:, None] + squares[None, :] - 2 * gram <= within**2
-    group = np.arange(k)
     for _ in range(k):  # label propagation to connected components (k is small)
         group = np.min(np.where(close, group[None, :], k), axis=1)
-    return np.bincount(group, minlength=k)[group].astype(np.float64)
+    return group
+
+
+def duplicate_counts(vectors: FloatMatrix, within: float) -> Floats:
+    """For each row, the size of its group of near-duplicates (see `duplicate_groups`). Dividing each
+    member's weight by it makes such a group count as one neighbour."""
+    group = duplicate_groups(vectors, within)
+    return np.bincount(group, minlength=group.size)[group].astype(np.float64)
 
 
 def informative_classes(scores: Floats) -> npt.NDArray[np.bool_]:
@@ -262,8 +283,9 @@ class Bristle:
             np.float64
         )
         rng = inp.rng if inp.evaluate is not None else None
-        near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng)
         scale = lower_median(distances)
+        groups = duplicate_groups(inp.received[candidates], self.duplicate_factor * scale)
+        near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng, groups)
         for i, dist in zip(candidates[far].tolist(), distances[far].tolist(), strict=True):
             ratio = dist / scale if scale > 0 else 0.0
             verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=ratio, reason=reasons.FAR)
