@@ -1,5 +1,6 @@
 """Four `p2pfed join` processes on loopback train sms-spam together; one is killed with SIGKILL mid-round,
-the others finish that round within its deadline, and the restarted peer resumes from its checkpoint."""
+the others finish that round within its deadline, and the restarted peer resumes from its checkpoint and
+exchanges updates with them again; then SIGTERM stops everyone cleanly, with valid checkpoints."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from p2pfed.sims.simulate import SimConfig
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 PEERS = 4
-ROUNDS = 12  # long enough that the network is still running when the killed peer comes back
+ROUNDS = 60  # more than the test lets run: it stops the network (SIGTERM) once the restarted peer is back
 Q = 2
 STEP_TIMEOUT = 30.0
 MAJORITY_BASELINE = 0.87  # share of "ham" in sms-spam
@@ -92,8 +93,16 @@ def test_four_processes_survive_a_kill_and_resume(run_dir: Path) -> None:
              Q * STEP_TIMEOUT + 30, "the survivors to finish the interrupted round")
         assert time.monotonic() - killed_at < Q * STEP_TIMEOUT + 30
 
+        def rejoined() -> bool:  # a round after the resume in which neighbours' updates reached it
+            after = [r for r in read_metrics(nodes[victim]) if r["round"] >= interrupted]
+            return any(r["outcomes"].get("kept", 0) + r["outcomes"].get("dropped", 0) > 0 for r in after)
+
+        poll(rejoined, 600, "the restarted peer to exchange updates with the others again")
+        poll(lambda: all(status(n).get("round", 0) >= 3 for n in nodes), 600, "three rounds everywhere")
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
         for i, proc in enumerate(procs):
-            assert proc.wait(timeout=600) == 0, (nodes[i] / "stderr.txt").read_text()[-3000:]
+            assert proc.wait(timeout=120) == 0, (nodes[i] / "stderr.txt").read_text()[-3000:]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -102,11 +111,10 @@ def test_four_processes_survive_a_kill_and_resume(run_dir: Path) -> None:
     for node in nodes:
         rows = read_metrics(node)
         final = status(node)
-        assert final["state"] == "finished" and final["round"] == ROUNDS
-        assert rows[-1]["round"] == ROUNDS - 1
+        assert final["state"] == "stopped" and final["round"] >= 3
         assert rows[-1]["accuracy"] > MAJORITY_BASELINE, (node, [r["accuracy"] for r in rows])
         checkpoint = load_checkpoint(node)
-        assert checkpoint is not None and checkpoint.round == ROUNDS
+        assert checkpoint is not None and checkpoint.round >= rows[-1]["round"] + 1
         assert np.isfinite(checkpoint.vector).all()
         assert (node / "adapter" / "adapter_model.safetensors").is_file()
 
