@@ -103,6 +103,20 @@ async def raw_pair(payload_bytes: int) -> AsyncIterator[Callable[[bytes, int], A
         await b.close()
 
 
+def open_accepted(data: bytes, remote: str, schema: Schema) -> None:
+    """Verify and decode one envelope as a receiving Peer does; it must be accepted."""
+    result = open_envelope(
+        data,
+        remote=remote,
+        run_digest=RUN,
+        schema=schema,
+        limits=Limits(),
+        round_window=None,
+        now=None,
+    )
+    assert isinstance(result, Accepted)
+
+
 async def signed_batch(
     a: Libp2pTransport,
     b: Libp2pTransport,
@@ -123,18 +137,6 @@ async def signed_batch(
     def seal_step(step: int) -> bytes:
         return seal(a.identity, run_digest=RUN, round=0, step=step, tensors=tensors)
 
-    def verify(data: bytes, remote: str) -> None:
-        result = open_envelope(
-            data,
-            remote=remote,
-            run_digest=RUN,
-            schema=schema,
-            limits=Limits(),
-            round_window=None,
-            now=None,
-        )
-        assert isinstance(result, Accepted)
-
     async def sealer() -> None:
         async with sealed_in:
             for step in range(count):
@@ -150,7 +152,7 @@ async def signed_batch(
         nursery.start_soon(sender)
         for _ in range(count):
             delivery = await b.incoming.receive()
-            await run(verify, delivery.data, delivery.remote)
+            await run(open_accepted, delivery.data, delivery.remote, schema)
 
 
 async def framed_batch(a: Libp2pTransport, b: Libp2pTransport, envelope: bytes, count: int) -> None:
@@ -213,16 +215,7 @@ def crypto_cost(tensors: dict[str, np.ndarray], repeats: int) -> tuple[float, fl
     sealed = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(repeats):
-        result = open_envelope(
-            envelope,
-            remote=identity.peer_id,
-            run_digest=RUN,
-            schema=schema,
-            limits=Limits(),
-            round_window=None,
-            now=None,
-        )
-        assert isinstance(result, Accepted)
+        open_accepted(envelope, identity.peer_id, schema)
     opened = time.perf_counter() - started
     return sealed / repeats / megabytes, opened / repeats / megabytes
 

@@ -165,14 +165,15 @@ def drop_table(table: GridTable) -> str:
             s, base = table.get(row, defence), table.baseline(defence)
             if s is not None and base is not None:
                 drops[defence] = 100 * (base.mean - s.mean)
-        least = min((v for d, v in drops.items() if d != ORACLE), default=math.nan)
+        least = min((drops[d] for d in table.contenders if d in drops), default=math.nan)
         cells = []
         for defence in table.defences:
             if defence not in drops:
                 cells.append("—")
                 continue
             text = f"{drops[defence]:+.1f}"
-            cells.append(f"**{text}**" if defence != ORACLE and drops[defence] <= least + 1e-9 else text)
+            best = defence in table.contenders and drops[defence] <= least + 1e-9
+            cells.append(f"**{text}**" if best else text)
         lines.append(f"| {table.label(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

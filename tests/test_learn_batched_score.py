@@ -3,44 +3,25 @@ MiniLM with a small slice of trec (6 classes)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from small_tasks import load, write_slice
 
-from p2pfed.learn import LearnConfig, TaskModel
-from p2pfed.learn.data import load_task
+from p2pfed.learn import TaskModel
 from p2pfed.learn.train import per_class_f1_batch
 
 
 @pytest.fixture(scope="module")
 def small_task(tmp_path_factory) -> str:
-    trec = load_task("trec")
-    rng = np.random.default_rng(0)
-    rows = np.concatenate(
-        [rng.choice(np.flatnonzero(trec.labels == c), 30, replace=False) for c in range(6)]
-    )
-    path = tmp_path_factory.mktemp("data") / "trec-small.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"text": trec.texts[i], "label": trec.label_names[trec.labels[i]]}) + "\n"
-            for i in rows
-        )
-    )
-    return str(path)
+    return write_slice("trec", 30, tmp_path_factory.mktemp("data") / "trec-small.jsonl")
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
-
-
-def load(small_task: str, cache_dir: Path, **overrides) -> TaskModel:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("P2PFED_CACHE", str(cache_dir))
-        return TaskModel.load(LearnConfig(task=small_task, test_size=40, batch_size=8, **overrides))
 
 
 def candidates(model: TaskModel, count: int) -> np.ndarray:

@@ -8,38 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from small_tasks import load, write_slice
 
-from p2pfed.learn import LearnConfig, TaskModel
+from p2pfed.learn import TaskModel
 from p2pfed.learn.adapters import FlatSchema
-from p2pfed.learn.data import load_task
 
 
 @pytest.fixture(scope="module")
 def small_task(tmp_path_factory) -> str:
-    sms = load_task("sms-spam")
-    rng = np.random.default_rng(0)
-    rows = np.concatenate(
-        [rng.choice(np.flatnonzero(sms.labels == c), 80, replace=False) for c in (0, 1)]
-    )
-    path = tmp_path_factory.mktemp("data") / "sms-small.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"text": sms.texts[i], "label": sms.label_names[sms.labels[i]]}) + "\n"
-            for i in rows
-        )
-    )
-    return str(path)
+    return write_slice("sms-spam", 80, tmp_path_factory.mktemp("data") / "sms-small.jsonl")
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
-
-
-def load(small_task: str, cache_dir: Path, **overrides) -> TaskModel:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("P2PFED_CACHE", str(cache_dir))
-        return TaskModel.load(LearnConfig(task=small_task, test_size=40, batch_size=8, **overrides))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from p2pfed.robust import reasons
 from p2pfed.robust.base import DefenceInput
-from p2pfed.robust.bristle import Bristle, cap_share, duplicate_counts, prioritize
+from p2pfed.robust.bristle import Bristle, cap_share, duplicate_groups, group_sizes, prioritize
 from p2pfed.types import DefenceResult, Outcome
 
 D = 8
@@ -327,7 +327,7 @@ def test_identical_vectors_from_several_identities_count_as_one_neighbour() -> N
     colluders = weights["p3"] + weights["p4"] + weights["p5"]
     assert colluders == pytest.approx(weights["p3"] * 3)
     assert colluders == pytest.approx(min(weights["p0"], weights["p1"], weights["p2"]), rel=1e-6)
-    assert duplicate_counts(received, within=1e-3).tolist() == [1, 1, 1, 3, 3, 3]
+    assert group_sizes(duplicate_groups(received, within=1e-3)).tolist() == [1, 1, 1, 3, 3, 3]
 
 
 def test_copies_of_one_vector_take_one_place_among_the_nearest() -> None:

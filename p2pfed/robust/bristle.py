@@ -129,11 +129,11 @@ def duplicate_groups(vectors: FloatMatrix, within: float) -> Indices:
     return group
 
 
-def duplicate_counts(vectors: FloatMatrix, within: float) -> Floats:
-    """For each row, the size of its group of near-duplicates (see `duplicate_groups`). Dividing each
-    member's weight by it makes such a group count as one neighbour."""
-    group = duplicate_groups(vectors, within)
-    return np.bincount(group, minlength=group.size)[group].astype(np.float64)
+def group_sizes(labels: Indices) -> Floats:
+    """For each entry, how many entries share its label. Dividing each member's weight by the size of
+    its near-duplicate group (`duplicate_groups`) makes the group count as one neighbour."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return counts[inverse].astype(np.float64)
 
 
 def informative_classes(scores: Floats) -> npt.NDArray[np.bool_]:
@@ -286,6 +286,7 @@ class Bristle:
         scale = lower_median(distances)
         groups = duplicate_groups(inp.received[candidates], self.duplicate_factor * scale)
         near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng, groups)
+        group_of = dict(zip(candidates.tolist(), groups.tolist(), strict=True))
         for i, dist in zip(candidates[far].tolist(), distances[far].tolist(), strict=True):
             ratio = dist / scale if scale > 0 else 0.0
             verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=ratio, reason=reasons.FAR)
@@ -308,7 +309,7 @@ class Bristle:
             kept, perf, mean_delta = kept[~worse], perf[~worse], mean_delta[~worse]
 
         mh = inp.mixing_weights.astype(np.float64)
-        copies = duplicate_counts(inp.received[kept], self.duplicate_factor * scale)
+        copies = group_sizes(np.array([group_of[i] for i in kept.tolist()], dtype=np.intp))
         mh_kept = mh[1 + kept] / copies  # near-identical vectors from several identities count once
         mh = np.concatenate([[mh.sum() - mh_kept.sum()], mh_kept])
         weights = mix_weights(mh, perf, rep[kept], self.newcomer_below, self.newcomer_cap)
