@@ -2,15 +2,19 @@
 
     PYTHONPATH=. python benchmarks/bench_exchange.py [--mb 4] [--count 4] [--repeats 21]
 
-All paths run in one process on 127.0.0.1 with both host pairs up side by side, A -> B, one payload at
-a time:
+All paths run in one process on 127.0.0.1 with both host pairs up side by side, A -> B, `--count`
+payloads per batch, the next payload sent as soon as the last one is acknowledged:
   raw     a plain py-libp2p stream per payload: write the bytes, close, the receiver reads to EOF
   framed  Libp2pTransport.send (framed, acknowledged) of an envelope sealed beforehand, not verified
-  signed  seal (safetensors + SHA-256 + Ed25519) -> Libp2pTransport.send (framed, acknowledged)
-          -> open_envelope at the receiver (signature, digest, schema, finiteness, decode);
-          sealing and verification on the event loop, as the Peer does them, or in worker threads
+  signed  every payload sealed afresh (safetensors + SHA-256 + Ed25519) -> Libp2pTransport.send ->
+          verified and decoded at the receiver (signature, digest, schema, finiteness), exactly as the
+          Peer does it (p2pfed/peer/envelopes.py: in a worker thread from 1 MiB on); the next payload
+          is sealed while the last one is in flight
+  signed on the loop   the same, with sealing and verification on the event loop (the Peer before)
 Each repetition times one batch of every path back to back, in rotating order, so that load on a shared
 machine hits all alike; a ratio reported is the median (and spread) of the per-repetition ratios.
+A second table times single exchanges, one at a time (nothing to overlap with): the latency a round
+pays for one signed adapter.
 
 py-libp2p runs on one thread. Work in worker threads overlaps with the transfer only while a second core
 is free; the CPU column (process CPU per MiB, both ends) says what each path costs in total, which is
@@ -44,6 +48,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from p2pfed.net.framing import CHUNK
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
 from p2pfed.net.loopback import loopback_transports
+from p2pfed.peer.envelopes import open_update, seal_update
 from p2pfed.wire import Accepted, Identity, Limits, Schema, open_envelope, seal
 
 RAW = TProtocol("/bench/raw/1.0.0")
@@ -103,18 +108,12 @@ async def raw_pair(payload_bytes: int) -> AsyncIterator[Callable[[bytes, int], A
         await b.close()
 
 
+OPEN_ARGS = {"run_digest": RUN, "limits": Limits(), "round_window": None, "now": None}
+
+
 def open_accepted(data: bytes, remote: str, schema: Schema) -> None:
-    """Verify and decode one envelope as a receiving Peer does; it must be accepted."""
-    result = open_envelope(
-        data,
-        remote=remote,
-        run_digest=RUN,
-        schema=schema,
-        limits=Limits(),
-        round_window=None,
-        now=None,
-    )
-    assert isinstance(result, Accepted)
+    """Verify and decode one envelope on the calling thread; it must be accepted."""
+    assert isinstance(open_envelope(data, remote=remote, schema=schema, **OPEN_ARGS), Accepted)
 
 
 async def signed_batch(
@@ -123,24 +122,24 @@ async def signed_batch(
     tensors: dict[str, np.ndarray],
     count: int,
     *,
-    threads: bool,
+    as_peer: bool,
 ) -> None:
     """Seal, send and verify `count` updates, sealing the next while the last one is in flight. With
-    `threads`, sealing and verification run in worker threads; without, on the event loop (as the Peer
-    does)."""
+    `as_peer`, sealing and verification go through the Peer's own functions; without, they run on the
+    event loop."""
     schema = Schema.from_tensors(tensors)
     sealed_in, sealed_out = trio.open_memory_channel[bytes](1)
-
-    async def run(fn: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(fn, *args) if threads else fn(*args)
-
-    def seal_step(step: int) -> bytes:
-        return seal(a.identity, run_digest=RUN, round=0, step=step, tensors=tensors)
 
     async def sealer() -> None:
         async with sealed_in:
             for step in range(count):
-                await sealed_in.send(await run(seal_step, step))
+                if as_peer:
+                    envelope = await seal_update(
+                        a.identity, run_digest=RUN, round=0, step=step, tensors=tensors
+                    )
+                else:
+                    envelope = seal(a.identity, run_digest=RUN, round=0, step=step, tensors=tensors)
+                await sealed_in.send(envelope)
 
     async def sender() -> None:
         async with sealed_out:
@@ -152,7 +151,13 @@ async def signed_batch(
         nursery.start_soon(sender)
         for _ in range(count):
             delivery = await b.incoming.receive()
-            await run(open_accepted, delivery.data, delivery.remote, schema)
+            if as_peer:
+                verdict = await open_update(
+                    delivery.chunks, remote=delivery.remote, schema=schema, **OPEN_ARGS
+                )
+                assert isinstance(verdict, Accepted)
+            else:
+                open_accepted(delivery.data, delivery.remote, schema)
 
 
 async def framed_batch(a: Libp2pTransport, b: Libp2pTransport, envelope: bytes, count: int) -> None:
@@ -169,13 +174,14 @@ async def framed_batch(a: Libp2pTransport, b: Libp2pTransport, envelope: bytes, 
             await b.incoming.receive()
 
 
-PATHS = ("raw", "framed", "signed", "signed_threads")
+PATHS = ("raw", "framed", "signed", "signed_loop")
 LABELS = {
     "raw": "raw libp2p stream",
     "framed": "transport only, no crypto",
-    "signed": "signed, on the event loop",
-    "signed_threads": "signed, in worker threads",
+    "signed": "signed, as the Peer does",
+    "signed_loop": "signed, all on the loop",
 }
+SINGLE = ("raw_single", "signed_single")  # one payload per batch: latency, nothing overlaps
 
 
 async def compare(
@@ -191,15 +197,17 @@ async def compare(
         batches: dict[str, Callable[[], Awaitable[None]]] = {
             "raw": partial(raw_send, envelope, count),
             "framed": partial(framed_batch, a, b, envelope, count),
-            "signed": partial(signed_batch, a, b, tensors, count, threads=False),
-            "signed_threads": partial(signed_batch, a, b, tensors, count, threads=True),
+            "signed": partial(signed_batch, a, b, tensors, count, as_peer=True),
+            "signed_loop": partial(signed_batch, a, b, tensors, count, as_peer=False),
+            "raw_single": partial(raw_send, envelope, 1),
+            "signed_single": partial(signed_batch, a, b, tensors, 1, as_peer=True),
         }
         for batch in batches.values():
             await batch()
         runs = []
         for repetition in range(repeats):
             shift = repetition % len(PATHS)
-            order = PATHS[shift:] + PATHS[:shift]
+            order = PATHS[shift:] + PATHS[:shift] + SINGLE[shift % 2 :] + SINGLE[: shift % 2]
             runs.append({path: await timed(batches[path]) for path in order})
         return runs
 
@@ -257,6 +265,12 @@ def main() -> None:
             line += f"   {wall_ratio}; {cpu_ratio:.2f}"
         print(line)
     print("  goal: signed/raw >= 0.9")
+    raw_ms = statistics.median(run["raw_single"].wall_s for run in runs) * 1e3
+    signed_ms = statistics.median(run["signed_single"].wall_s for run in runs) * 1e3
+    single = _spread([run["raw_single"].wall_s / run["signed_single"].wall_s for run in runs])
+    print(
+        f"one exchange alone: raw {raw_ms:.1f} ms, signed as the Peer does {signed_ms:.1f} ms; raw/signed {single}"
+    )
     print(f"  {'seal (sign) per MiB':30s} {seal_s * 1e3:8.2f} ms")
     print(f"  {'open (verify+decode) per MiB':30s} {open_s * 1e3:8.2f} ms")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 import trio
 import trio.testing
 from libp2p.network.stream.exceptions import StreamEOF
 
-from p2pfed.net.framing import CHUNK, FrameError, read_frame, write_frame
+from p2pfed.net.framing import CHUNK, FrameError, read_frame, read_frame_chunks, write_frame
 
 STALL_S, TOTAL_S = 2.0, 10.0
 T = TypeVar("T")
@@ -84,6 +85,22 @@ def test_a_frame_and_its_ack_cross_a_pipe() -> None:
 
     sent, received = run(main)
     assert sent is None and received == body
+
+
+def test_a_large_frame_is_handed_over_in_the_chunks_it_was_read_in() -> None:
+    body = bytes(range(256)) * (3 * CHUNK // 256 + 7)
+
+    async def main() -> object:
+        a, b = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(write_frame, Pipe(a), body, stall_s=STALL_S, total_s=TOTAL_S))
+            return await read_frame_chunks(
+                Pipe(b), max_bytes=len(body), stall_s=STALL_S, total_s=TOTAL_S
+            )
+
+    chunks = run(main)
+    assert isinstance(chunks, tuple) and len(chunks) > 1  # not copied into one buffer on the loop
+    assert b"".join(chunks) == body
 
 
 def test_a_steady_trickle_is_timed_out_by_the_total_deadline_not_the_stall_one() -> None:

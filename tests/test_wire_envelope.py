@@ -126,6 +126,38 @@ def test_each_crafted_input_is_rejected_with_its_reason(make, reason) -> None:
     assert _reason(_open(make())) is reason
 
 
+def _split(data: bytes, rng: np.random.Generator) -> list[bytes]:
+    """`data` cut at random places, as a network read might return it (empty chunks included)."""
+    cuts = sorted(int(c) for c in rng.integers(0, len(data) + 1, size=int(rng.integers(1, 8))))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def test_chunks_as_read_from_the_network_get_the_same_verdict_as_one_buffer() -> None:
+    """A frame reaches the Peer in the chunks it was read in; cut anywhere, even inside the prefix,
+    header or signature, it must be judged exactly as the joined bytes are."""
+    rng = np.random.default_rng(99)
+    good = _sealed()
+    cases = [good, good[:-1], good + b"\x00", good[:40], b"", b"garbage" * 100]
+    for _ in range(100):
+        flipped = bytearray(good)
+        flipped[int(rng.integers(0, len(flipped)))] ^= 1 << int(rng.integers(0, 8))
+        cases.append(bytes(flipped))
+    for data in cases:
+        whole = _open(data)
+        for _ in range(5):
+            chunked = _open(_split(data, rng))
+            assert type(chunked) is type(whole)
+            if isinstance(whole, Rejected):
+                assert chunked.reason is whole.reason
+            else:
+                assert chunked.payload_digest == whole.payload_digest
+                assert chunked.nbytes == whole.nbytes == len(data)
+                for name, array in whole.tensors.items():
+                    np.testing.assert_array_equal(chunked.tensors[name], array)
+    assert isinstance(_open(_split(good, rng)), Accepted)
+    assert _reason(_open([good, 7])) is RejectReason.MALFORMED  # not a chunk of bytes
+
+
 def test_oversized_envelope_is_rejected_before_parsing() -> None:
     result = _open(b"\x00" * (Limits().total_cap(SCHEMA) + 1))
     assert _reason(result) is RejectReason.OVERSIZED

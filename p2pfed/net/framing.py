@@ -8,7 +8,9 @@ long) and by a total deadline; nothing here raises for what the remote did.
 
 One cancel scope per frame carries the stall deadline and is pushed forward whenever bytes move, rather
 than a fresh scope per read or write: at tens of MB/s the per-call scopes were a visible share of the
-event loop's time, and so were the copies of each chunk (the body is written as memoryview slices).
+event loop's time, and so were the copies of each chunk: the body is written as memoryview slices, and
+`read_frame_chunks` hands the body over as the chunks it was read in, so that whoever uses it can join
+them off the event loop (`bytes.join` of large bytes releases the GIL; a copy on the loop does not).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class _Progress:
         self.scope.deadline = trio.current_time() + self.stall_s
 
 
-async def _read_exactly(stream: Stream, n: int, progress: _Progress) -> bytes | FrameError:
+async def _read_exactly(stream: Stream, n: int, progress: _Progress) -> list[bytes] | FrameError:
     parts: list[bytes] = []
     remaining = n
     while remaining:
@@ -66,7 +68,7 @@ async def _read_exactly(stream: Stream, n: int, progress: _Progress) -> bytes | 
         progress.made()
         parts.append(got)
         remaining -= len(got)
-    return b"".join(parts)  # no copy when one read returned everything
+    return parts
 
 
 async def _write(stream: Stream, data: bytes | memoryview, progress: _Progress) -> bool:
@@ -82,6 +84,14 @@ async def read_frame(
     stream: Stream, *, max_bytes: int, stall_s: float, total_s: float
 ) -> bytes | FrameError:
     """Read one frame and acknowledge it; a FrameError says why not."""
+    chunks = await read_frame_chunks(stream, max_bytes=max_bytes, stall_s=stall_s, total_s=total_s)
+    return chunks if isinstance(chunks, FrameError) else b"".join(chunks)
+
+
+async def read_frame_chunks(
+    stream: Stream, *, max_bytes: int, stall_s: float, total_s: float
+) -> tuple[bytes, ...] | FrameError:
+    """`read_frame`, with the body left in the chunks it arrived in (no copy)."""
     with trio.move_on_after(total_s):
         progress = _Progress(stall_s)
         with progress.scope:
@@ -90,19 +100,21 @@ async def read_frame(
     return FrameError.TIMEOUT
 
 
-async def _read_and_ack(stream: Stream, max_bytes: int, progress: _Progress) -> bytes | FrameError:
+async def _read_and_ack(
+    stream: Stream, max_bytes: int, progress: _Progress
+) -> tuple[bytes, ...] | FrameError:
     prefix = await _read_exactly(stream, _LENGTH.size, progress)
     if isinstance(prefix, FrameError):
         return prefix
-    (length,) = _LENGTH.unpack(prefix)
+    (length,) = _LENGTH.unpack(b"".join(prefix))
     if length > max_bytes:
         return FrameError.OVERSIZED
-    body = await _read_exactly(stream, length, progress) if length else b""
+    body = await _read_exactly(stream, length, progress)
     if isinstance(body, FrameError):
         return body
     if not await _write(stream, ACK, progress):
         return FrameError.BROKEN
-    return body
+    return tuple(body)
 
 
 async def write_frame(
@@ -128,6 +140,6 @@ async def _write_and_wait_ack(
             return FrameError.BROKEN
     progress.on_stall = FrameError.NO_ACK
     ack = await _read_exactly(stream, 1, progress)
-    if isinstance(ack, FrameError) or ack != ACK:
+    if isinstance(ack, FrameError) or ack != [ACK]:
         return FrameError.NO_ACK
     return None

@@ -29,7 +29,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.address_validation import expand_wildcard_address
 
-from p2pfed.net.framing import FrameError, read_frame, write_frame
+from p2pfed.net.framing import FrameError, read_frame, read_frame_chunks, write_frame
 from p2pfed.net.libp2p_guards import ConnectionEvents, guarded, no_auto_connect, quietly
 from p2pfed.net.presence import MAX_PRESENCE_BYTES, Presence
 from p2pfed.net.transport import Delivery
@@ -343,7 +343,7 @@ class Libp2pTransport:
 
     async def _handle_update(self, stream: Any) -> None:
         remote = stream.muxed_conn.peer_id.to_base58()
-        body = await read_frame(
+        body = await read_frame_chunks(
             stream,
             max_bytes=self.config.max_frame_bytes,
             stall_s=self.config.stall_timeout_s,
@@ -355,9 +355,10 @@ class Libp2pTransport:
             await quietly(stream.reset)
             return
         self._count("frames_in")
-        self._count("bytes_in", len(body))
+        delivery = Delivery(remote, body)
+        self._count("bytes_in", delivery.nbytes)
         try:
-            self._incoming_in.send_nowait(Delivery(remote=remote, data=body))
+            self._incoming_in.send_nowait(delivery)
         except trio.WouldBlock:
             self._count("recv_fail.inbox_full")
         except trio.ClosedResourceError:

@@ -82,7 +82,7 @@ class MemoryNetwork:
         if receiver is None:
             return False
         try:
-            receiver._inbox_send.send_nowait(Delivery(remote=sender, data=data))
+            receiver._inbox_send.send_nowait(Delivery.of(sender, data))
         except trio.WouldBlock:
             log.info("inbox of %s is full; dropped a message from %s", to[:12], sender[:12])
             return False

@@ -16,10 +16,26 @@ import trio
 
 @dataclass(frozen=True)
 class Delivery:
-    """Bytes that arrived, with the peer ID that the connection authenticated (not what the bytes claim)."""
+    """Bytes that arrived, with the peer ID that the connection authenticated (not what the bytes claim).
+
+    `chunks` are the frame in the pieces it was read in: a multi-MB adapter is never copied into one
+    buffer on the event loop; `p2pfed.wire.open_envelope` takes the chunks as they are."""
 
     remote: str
-    data: bytes
+    chunks: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, remote: str, data: bytes) -> Delivery:
+        return cls(remote, (data,))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(chunk) for chunk in self.chunks)
+
+    @property
+    def data(self) -> bytes:
+        """The frame as one bytes object (a copy, unless it arrived in one piece)."""
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
 
 class Transport(Protocol):

@@ -22,6 +22,7 @@ from p2pfed.attacks.base import AttackContext, Behaviour, Collusion, Outgoing
 from p2pfed.config import GossipConfig
 from p2pfed.net.transport import Delivery, Transport
 from p2pfed.peer.checkpoint import Checkpoint, save_checkpoint
+from p2pfed.peer.envelopes import open_update, seal_update
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.topology import metropolis_row, renormalize
 from p2pfed.robust.base import Defence, DefenceInput
@@ -33,10 +34,9 @@ from p2pfed.wire import (
     Identity,
     Inbox,
     Limits,
+    Rejected,
     RejectReason,
     Schema,
-    open_envelope,
-    seal,
 )
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ T = TypeVar("T")
 BlockingRunner = Callable[..., Awaitable[Any]]
 """How the peer runs blocking work: in a worker thread by default; inline in deterministic tests."""
 
-TENSOR = "adapter"
-FAR_FUTURE = 1_000_000  # rounds ahead whose signed updates still count as evidence of the network's round  # the single tensor name of the flat vector in an envelope's payload
+TENSOR = "adapter"  # the single tensor name of the flat vector in an envelope's payload
+FAR_FUTURE = 1_000_000  # rounds ahead whose signed updates still count as evidence of the network's round
 
 
 @dataclass(frozen=True)
@@ -296,9 +296,9 @@ class Peer:
                 )
                 message = self.behaviour.outgoing(context)
                 if message is not None:
-                    nursery.start_soon(self._send_one, to, self._encode(rnd, step, message))
+                    nursery.start_soon(self._send_one, to, await self._encode(rnd, step, message))
 
-    def _encode(self, rnd: int, step: int, message: Outgoing) -> bytes:
+    async def _encode(self, rnd: int, step: int, message: Outgoing) -> bytes:
         if message.raw is not None:
             return message.raw
         claimed_round = rnd if message.round is None else message.round
@@ -307,7 +307,7 @@ class Peer:
         last = self._last_seal
         if last is not None and last[:2] == (claimed_round, claimed_step) and last[2] is vector:
             return last[3]  # the same vector for another partner: the envelope names no recipient
-        envelope = seal(
+        envelope = await seal_update(
             self.identity,
             run_digest=self.run_digest,
             round=claimed_round,
@@ -327,22 +327,21 @@ class Peer:
 
     async def _receive_loop(self) -> None:
         async for delivery in self.transport.incoming:
-            self._accept(delivery)
+            self._bytes_received += delivery.nbytes
+            verdict = await open_update(
+                delivery.chunks,
+                remote=delivery.remote,
+                run_digest=self.run_digest,
+                schema=self.schema,
+                limits=self.limits,
+                round_window=(self.round - self.gossip.round_window, self.round + FAR_FUTURE),
+                now=time.time(),
+            )
+            self._accept(delivery, verdict)
             await trio.lowlevel.checkpoint()
 
-    def _accept(self, delivery: Delivery) -> None:
-        """Verify one delivery and file it under its (round, step); every rejection is logged and counted."""
-        self._bytes_received += len(delivery.data)
-        window = (self.round - self.gossip.round_window, self.round + FAR_FUTURE)
-        verdict = open_envelope(
-            delivery.data,
-            remote=delivery.remote,
-            run_digest=self.run_digest,
-            schema=self.schema,
-            limits=self.limits,
-            round_window=window,
-            now=time.time(),
-        )
+    def _accept(self, delivery: Delivery, verdict: Accepted | Rejected) -> None:
+        """File one verified delivery under its (round, step); every rejection is logged and counted."""
         if not isinstance(verdict, Accepted):
             self._reject(delivery.remote, verdict.reason.value, verdict.detail)
             if delivery.remote in self.neighbour_degrees:
