@@ -13,8 +13,9 @@ payloads per batch, the next payload sent as soon as the last one is acknowledge
   signed on the loop   the same, with sealing and verification on the event loop (the Peer before)
 Each repetition times one batch of every path back to back, in rotating order, so that load on a shared
 machine hits all alike; a ratio reported is the median (and spread) of the per-repetition ratios.
-A second table times single exchanges, one at a time (nothing to overlap with): the latency a round
-pays for one signed adapter.
+A last line times single exchanges, one at a time (nothing to overlap with): the latency a round pays
+for one signed adapter, and the longest the event loop was blocked by one task step meanwhile (every
+other stream, deadline and heartbeat of the host waits that long).
 
 py-libp2p runs on one thread. Work in worker threads overlaps with the transfer only while a second core
 is free; the CPU column (process CPU per MiB, both ends) says what each path costs in total, which is
@@ -67,12 +68,35 @@ def _tensors(megabytes: float, seed: int) -> dict[str, np.ndarray]:
 class Timing:
     wall_s: float
     cpu_s: float  # process CPU: the event loop and the worker threads
+    longest_step_s: float  # the longest single task step: how long the event loop was blocked
 
 
-async def timed(batch: Callable[[], Awaitable[None]]) -> Timing:
+class LongestStep(trio.abc.Instrument):
+    """Records the longest task step, i.e. the longest stretch in which the event loop ran nothing else."""
+
+    def __init__(self) -> None:
+        self.longest_s = 0.0
+        self._started: float | None = None  # None: the step in progress began before we were added
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._started is not None:
+            self.longest_s = max(self.longest_s, time.perf_counter() - self._started)
+
+
+async def timed(batch: Callable[[], Awaitable[None]], *, stalls: bool = False) -> Timing:
+    """Time one batch; with `stalls`, also its longest task step (an instrument: a little overhead)."""
+    steps = LongestStep()
+    if stalls:
+        trio.lowlevel.add_instrument(steps)
     wall, cpu = time.perf_counter(), time.process_time()
     await batch()
-    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+    timing = Timing(time.perf_counter() - wall, time.process_time() - cpu, steps.longest_s)
+    if stalls:
+        trio.lowlevel.remove_instrument(steps)
+    return timing
 
 
 @asynccontextmanager
@@ -181,7 +205,7 @@ LABELS = {
     "signed": "signed, as the Peer does",
     "signed_loop": "signed, all on the loop",
 }
-SINGLE = ("raw_single", "signed_single")  # one payload per batch: latency, nothing overlaps
+SINGLE = ("raw_single", "signed_single", "signed_loop_single")  # one payload: latency, no overlap
 
 
 async def compare(
@@ -201,14 +225,18 @@ async def compare(
             "signed_loop": partial(signed_batch, a, b, tensors, count, as_peer=False),
             "raw_single": partial(raw_send, envelope, 1),
             "signed_single": partial(signed_batch, a, b, tensors, 1, as_peer=True),
+            "signed_loop_single": partial(signed_batch, a, b, tensors, 1, as_peer=False),
         }
         for batch in batches.values():
             await batch()
         runs = []
         for repetition in range(repeats):
             shift = repetition % len(PATHS)
-            order = PATHS[shift:] + PATHS[:shift] + SINGLE[shift % 2 :] + SINGLE[: shift % 2]
-            runs.append({path: await timed(batches[path]) for path in order})
+            timings = {path: await timed(batches[path]) for path in PATHS[shift:] + PATHS[:shift]}
+            shift = repetition % len(SINGLE)
+            for path in SINGLE[shift:] + SINGLE[:shift]:
+                timings[path] = await timed(batches[path], stalls=True)
+            runs.append(timings)
         return runs
 
 
@@ -265,12 +293,14 @@ def main() -> None:
             line += f"   {wall_ratio}; {cpu_ratio:.2f}"
         print(line)
     print("  goal: signed/raw >= 0.9")
-    raw_ms = statistics.median(run["raw_single"].wall_s for run in runs) * 1e3
-    signed_ms = statistics.median(run["signed_single"].wall_s for run in runs) * 1e3
-    single = _spread([run["raw_single"].wall_s / run["signed_single"].wall_s for run in runs])
-    print(
-        f"one exchange alone: raw {raw_ms:.1f} ms, signed as the Peer does {signed_ms:.1f} ms; raw/signed {single}"
-    )
+    print("one exchange alone (median ms; longest event-loop stall in ms), and raw/path per repetition:")
+    for path in SINGLE:
+        wall_ms = statistics.median(run[path].wall_s for run in runs) * 1e3
+        stall_ms = statistics.median(run[path].longest_step_s for run in runs) * 1e3
+        line = f"  {LABELS[path.removesuffix('_single')]:26s} {wall_ms:6.1f} ms  (stall {stall_ms:4.1f} ms)"
+        if path != "raw_single":
+            line += "   " + _spread([run["raw_single"].wall_s / run[path].wall_s for run in runs])
+        print(line)
     print(f"  {'seal (sign) per MiB':30s} {seal_s * 1e3:8.2f} ms")
     print(f"  {'open (verify+decode) per MiB':30s} {open_s * 1e3:8.2f} ms")
 
