@@ -22,6 +22,7 @@ import statistics
 import time
 
 import numpy as np
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -110,6 +111,7 @@ def main() -> None:
     print(f"scoring {evaluated} vectors, score() ({path}): {score_s * 1000:8.1f} ms (median)")
     print(f"scoring {evaluated} vectors, one forward each:   {loop_s * 1000:8.1f} ms (median)")
     print(f"speed-up of score():                  {loop_s / score_s:8.2f}x")
+    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} (1 min)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 from small_tasks import load, write_slice
 
 from p2pfed.learn import TaskModel
+from p2pfed.learn.batched_score import BatchedScorer
 from p2pfed.learn.train import per_class_f1_batch
 
 
@@ -78,3 +79,21 @@ def test_stacked_scoring_without_the_feature_cache(small_task, cache_dir):
     vectors, rows = candidates(model, 3), validation_rows(model)
     looped = np.stack([model.logits(v, rows) for v in vectors])
     assert np.abs(model.candidate_logits(vectors, rows) - looped).max() < 1e-4
+
+
+def test_stacked_scoring_is_exact_for_any_number_of_candidates_and_rows(small_task, cache_dir):
+    # the feed-forward buffer kept between calls grows and is reused; > 128 rows run in two chunks
+    model = load(small_task, cache_dir)
+    vectors = candidates(model, 9)
+    everything = np.random.default_rng(3).permutation(model.pool_size)  # 140 rows: 128 + 12
+    for count, rows in [(9, validation_rows(model)), (2, everything), (9, everything[:7])]:
+        stacked = model.candidate_logits(vectors[:count], rows)
+        looped = np.stack([model.logits(v, rows) for v in vectors[:count]])
+        assert stacked.shape == looped.shape and np.abs(stacked - looped).max() < 1e-4
+
+
+def test_a_top_layer_unlike_bert_is_scored_one_candidate_at_a_time(small_task, cache_dir):
+    model = load(small_task, cache_dir)
+    backbone = model._backbone
+    backbone.pooler.activation = torch.nn.ReLU()  # not the tanh the stacked pass writes out
+    assert BatchedScorer.build(backbone, model.peft_model, model._schema) is None

@@ -10,7 +10,15 @@ import pytest
 
 from p2pfed.robust import reasons
 from p2pfed.robust.base import DefenceInput
-from p2pfed.robust.bristle import Bristle, cap_share, duplicate_groups, group_sizes, prioritize
+from p2pfed.robust.bristle import (
+    Bristle,
+    cap_share,
+    duplicate_groups,
+    group_sizes,
+    integrate,
+    offsets_and_gram,
+    prioritize,
+)
 from p2pfed.types import DefenceResult, Outcome
 
 D = 8
@@ -327,7 +335,8 @@ def test_identical_vectors_from_several_identities_count_as_one_neighbour() -> N
     colluders = weights["p3"] + weights["p4"] + weights["p5"]
     assert colluders == pytest.approx(weights["p3"] * 3)
     assert colluders == pytest.approx(min(weights["p0"], weights["p1"], weights["p2"]), rel=1e-6)
-    assert group_sizes(duplicate_groups(received, within=1e-3)).tolist() == [1, 1, 1, 3, 3, 3]
+    x = received.astype(np.float64)
+    assert group_sizes(duplicate_groups(x @ x.T, within=1e-3)).tolist() == [1, 1, 1, 3, 3, 3]
 
 
 def test_copies_of_one_vector_take_one_place_among_the_nearest() -> None:
@@ -337,3 +346,97 @@ def test_copies_of_one_vector_take_one_place_among_the_nearest() -> None:
     assert sorted(kept.tolist()) == [0, 1, 2, 3, 4] and dropped.tolist() == [5]
     kept, _ = prioritize(distances, keep=3, explore=0, far_factor=4.0, rng=None)
     assert sorted(kept.tolist()) == [0, 1, 2]  # without groups they would crowd everyone out
+
+
+def test_a_chain_of_close_vectors_is_one_group() -> None:
+    line = np.arange(4, dtype=np.float64)[:, None] * np.ones((1, D)) / np.sqrt(D)  # 1 apart
+    gram = line @ line.T
+    assert duplicate_groups(gram, within=1.1).tolist() == [0, 0, 0, 0]  # 0-1-2-3, via neighbours
+    assert duplicate_groups(gram, within=0.9).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 1e20, 3e38])
+def test_distances_from_the_gram_matrix_match_the_direct_ones(magnitude: float) -> None:
+    # float32 offsets from our own vector; vectors big enough to overflow that are redone in float64
+    rng = np.random.default_rng(0)
+    own = rng.standard_normal(1000).astype(np.float32)
+    vectors = (own + rng.standard_normal((6, 1000))).astype(np.float32)
+    vectors[5] = -magnitude
+    offsets, gram = offsets_and_gram(vectors, own)
+    exact = vectors.astype(np.float64) - own.astype(np.float64)
+    pairwise = np.linalg.norm(exact[:, None, :] - exact[None, :, :], axis=2)
+    squares = np.diag(gram)
+    np.testing.assert_allclose(np.sqrt(squares), np.linalg.norm(exact, axis=1), rtol=1e-6)
+    from_gram = np.sqrt(np.maximum(squares[:, None] + squares[None, :] - 2 * gram, 0.0))
+    np.testing.assert_allclose(from_gram[:5, :5], pairwise[:5, :5], rtol=1e-4)
+    assert np.isfinite(offsets).all()
+
+
+def test_a_huge_vector_that_validation_lets_through_is_clipped_not_nan() -> None:
+    received = np.vstack([honest(6), np.full((1, D), -3e38)])  # finite, but x − own overflows float32
+    favour_far = lambda x: np.where(x[:, :1] < -10, 0.9, 0.5).repeat(4, axis=1)  # noqa: E731
+    out = Bristle(keep=6, explore=1)(make_input(received, evaluate=favour_far))
+    assert by_sender(out)["p6"][0] is Outcome.KEPT
+    assert np.isfinite(out.mixed).all() and (out.mixed > 0).all()
+
+
+def masked_integrate(scores: np.ndarray, **params: float) -> tuple[np.ndarray, ...]:
+    """integrate() written for any scores (NaN and ±inf masked everywhere), to check that its path for
+    finite scores changes nothing."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite_any = np.isfinite(s)
+    classes = (finite_any & (s > 0) & (s < 1)).any(axis=0)
+    classes = classes if classes.any() else np.ones(s.shape[1], dtype=bool)
+    s = np.nan_to_num(s[:, classes], nan=-np.inf)
+    reference = np.fmin(s[0], np.nanquantile(np.where(np.isfinite(s), s, np.nan), 0.5, axis=0))
+    delta = np.where(np.isneginf(s[1:]), -np.inf, np.nan_to_num(s[1:] - reference, nan=0.0))
+    mean_delta = delta.mean(axis=1)
+    own_delta = np.nan_to_num(s[1:] - s[0], nan=0.0).mean(axis=1)
+    scale = 1.0 if ((s[0] >= 0) & (s[0] <= 1)).all() else max(float(np.abs(s[0]).mean()), 1e-12)
+    worse = (mean_delta < -params["margin"] * scale) | (own_delta < -params["floor_margin"] * scale)
+    relative = mean_delta[np.isfinite(mean_delta)] / scale
+    centre = min(float(np.median(relative)), 0.0)
+    spread = 1.4826 * float(np.median(np.abs(relative - np.median(relative))))
+    limit = centre - max(params["harm_margin"], params["harm_factor"] * spread)
+    if relative.size < 3:
+        limit = -params["harm_margin"]
+    harmful = worse & (mean_delta < scale * limit)
+    perf = np.minimum(params["max_boost"], 1.0 + params["boost"] * np.clip(delta, 0, None).mean(1))
+    return worse, harmful, perf, mean_delta
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_integrate_on_finite_scores_matches_the_fully_masked_computation(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(0, 1, (13, 6))
+    scores[:, 5] = 1.0  # a class absent from the split
+    scores[rng.integers(1, 13, 3)] *= 0.3  # some clearly worse candidates
+    if seed % 2:
+        scores = -1.0 - 2 * scores  # minus a loss
+    params = dict(
+        margin=0.1,
+        floor_margin=0.35,
+        reference_quantile=0.5,
+        harm_margin=0.1,
+        harm_factor=3.0,
+        boost=4.0,
+        max_boost=3.0,
+    )
+    got, expected = integrate(scores, **params), masked_integrate(scores, **params)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prioritizer_rest_and_exploration_as_with_set_differences(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    distances = rng.uniform(1, 6, 16)
+    groups = rng.integers(0, 12, 16)
+    kept, rest = prioritize(distances, 6, 2, 4.0, np.random.default_rng(seed), groups)
+    # reference: the rest (nearest first) is a set difference; 2 of it are explored with the same rng
+    near, _ = prioritize(distances, 6, 0, 4.0, None, groups)
+    order = np.argsort(distances, kind="stable")
+    others = np.setdiff1d(order, near, assume_unique=True)
+    explored = np.random.default_rng(seed).choice(others, size=min(2, others.size), replace=False)
+    assert kept.tolist() == near.tolist() + sorted(explored.tolist())
+    assert rest.tolist() == np.setdiff1d(others, explored, assume_unique=True).tolist()

@@ -12,6 +12,12 @@ never built per candidate:
 
 Values are read straight from the flat vectors (see adapters.FlatSchema); the shared model is not
 touched. `BatchedScorer.build` returns None for any other model shape, and the caller then loops.
+
+What is left is mostly matrix products (~1.7 GFLOP for 13 candidates on 45 rows, two thirds in the
+feed-forward), so the rest is kept lean: attention runs as a few batched products with (row, head) as
+the batch, biases and residuals are added in place, and the feed-forward's (candidates·rows, 1536)
+activation goes into one buffer kept between calls (fresh, it page-faulted ~600 times a call in a
+scoring loop).
 """
 
 from __future__ import annotations
@@ -61,31 +67,38 @@ class _Lora:
 
 @dataclass(frozen=True)
 class PreparedRows:
-    """What the top layer computes on B rows whatever the candidate (~2.7 MB for 45 trec rows)."""
+    """What the top layer computes on B rows whatever the candidate (~3 MB for 45 trec rows). The
+    attention tensors are laid out with the (row, head) pairs as the batch of the matrix products."""
 
     first: torch.Tensor  # (B, H) input at the first token of every row
-    q0: torch.Tensor  # (B, heads, d) base query of the first token
-    k0: torch.Tensor  # (B, heads, d, T) base keys, padded per row, laid out for the batched matmul
-    v0: torch.Tensor  # (B, heads, T, d) base values, likewise
-    mask: torch.Tensor  # (B, T) added to attention scores: 0 on tokens, -inf on padding
-    low: dict[str, torch.Tensor]  # A·x of the projections whose A is frozen, see _low_rank_input
+    residual: torch.Tensor  # (B, H) first + the attention output's bias: added after its W_o
+    q0: torch.Tensor  # (B, H) base query of the first token
+    k0: torch.Tensor  # (B·heads, d, T) base keys × the attention scaling, padded per row
+    v0: torch.Tensor  # (B·heads, T, d) base values, likewise
+    mask: torch.Tensor  # (B·heads, 1, T) added to attention scores: 0 on tokens, -inf on padding
+    # A·x of the projections whose A is frozen: query (B, r); key (B, r, T) × its LoRA scale and the
+    # attention scaling; value (B, T, r)
+    low: dict[str, torch.Tensor]
     tokens: torch.Tensor | None  # (N, H) packed inputs; only kept when some A is in the vectors
     padded: torch.Tensor  # (B, T) index in `tokens` of every padded position
 
     @property
     def nbytes(self) -> int:
-        parts = [self.first, self.q0, self.k0, self.v0, self.mask, self.tokens, self.padded]
+        parts = [self.first, self.residual, self.q0, self.k0, self.v0, self.mask, self.padded]
         parts += self.low.values()
-        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+        if self.tokens is not None:
+            parts.append(self.tokens)
+        return sum(t.numel() * t.element_size() for t in parts)
 
 
 class BatchedScorer:
-    """Logits of m candidate vectors on a set of rows, in a few stacked tensor ops."""
+    """Logits of m candidate vectors on a set of rows, in a few stacked tensor ops. Keeps a buffer
+    between calls: not for concurrent use (TaskModel calls it under its lock)."""
 
     def __init__(
         self,
         layer: Any,  # a BertLayer
-        pooler: torch.nn.Module,
+        pooler: Any,  # a BertPooler
         projections: dict[str, _Lora],
         head_weight: _Source,
         head_bias: _Source | None,
@@ -101,6 +114,10 @@ class BatchedScorer:
         self._head_weight = head_weight
         self._head_bias = head_bias
         self.dim = dim
+        activation = layer.intermediate.intermediate_act_fn
+        # transformers' "gelu" (exact erf GELU) can run in place in the buffer
+        self._gelu = getattr(activation, "act", None) is torch.nn.functional.gelu
+        self._hidden = torch.empty(0)  # feed-forward activations, reused, see _feed_forward
 
     @classmethod
     def build(
@@ -118,7 +135,7 @@ class BatchedScorer:
         if adapted != sorted(id(t) for t in targets) or not all(map(_is_plain_lora, targets)):
             return None
         head = _active_head(getattr(backbone.model, "classifier", None))
-        if head is None:
+        if head is None or not _is_bert_top(layer, backbone.pooler):
             return None
         names = {id(m): name for name, m in peft_model.named_modules()}
         offsets, start = {}, 0
@@ -154,69 +171,122 @@ class BatchedScorer:
         positions = torch.arange(int(lengths.max()))
         padded = starts[:, None] + torch.minimum(positions[None, :], lengths[:, None] - 1)
         first = tokens[starts]
-        split = (len(lengths), -1, self._heads, self._head_size)
-        keys = self._lora["key"].base(tokens)[padded].reshape(split)  # (B, T, heads, d)
+        b, t = padded.shape
+        split = (b, t, self._heads, self._head_size)
+        keys = self._lora["key"].base(tokens)[padded].reshape(split)
         values = self._lora["value"].base(tokens)[padded].reshape(split)
-        frozen = [t for t in _PROJECTIONS if not self._lora[t].a.in_vector]
+        mask = torch.zeros(b, t).masked_fill_(positions >= lengths[:, None], -torch.inf)
+        low = {}
+        for name in _PROJECTIONS:
+            if not self._lora[name].a.in_vector:
+                a = self._lora[name].a.frozen[None]
+                low[name] = _low_rank_input(name, a, first, tokens, padded)[0]
+        if "key" in low:
+            low["key"] = low["key"].transpose(1, 2) * (self._lora["key"].scale * self._scaling)
         return PreparedRows(
             first=first,
-            q0=self._lora["query"].base(first).reshape(split[0], self._heads, -1),
-            k0=keys.permute(0, 2, 3, 1).contiguous(),
-            v0=values.transpose(1, 2).contiguous(),
-            mask=torch.zeros(padded.shape).masked_fill_(positions >= lengths[:, None], -torch.inf),
-            low={
-                t: _low_rank_input(t, self._lora[t].a.frozen[None], first, tokens, padded)
-                for t in frozen
-            },
-            tokens=None if len(frozen) == len(_PROJECTIONS) else tokens,
+            residual=first + self._layer.attention.output.dense.bias,
+            q0=self._lora["query"].base(first),
+            k0=(keys.permute(0, 2, 3, 1) * self._scaling).reshape(-1, self._head_size, t),
+            v0=values.transpose(1, 2).reshape(-1, t, self._head_size),
+            mask=mask.repeat_interleave(self._heads, dim=0)[:, None, :],
+            low={name: tensor.contiguous() for name, tensor in low.items()},
+            tokens=None if len(low) == len(_PROJECTIONS) else tokens,
             padded=padded,
         )
 
     def logits(self, vectors: torch.Tensor, rows: PreparedRows) -> torch.Tensor:
-        """(m, d) float32 candidate vectors -> (m, B, classes) logits on the prepared rows."""
+        """(m, d) float32 candidate vectors -> (m, B, classes) logits on the prepared rows. After the
+        attention, BertSelfOutput, BertIntermediate, BertOutput and BertPooler as in eval, written
+        out so that biases and residuals are added in place (every (m·B, H) pass counts here)."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have shape {tuple(vectors.shape)}, expected (m, {self.dim})")
-        context = self._attend(vectors, rows)  # (m, B, H)
-        attended = self._layer.attention.output(context, rows.first)
-        out = self._layer.output(self._layer.intermediate(attended), attended)
-        m, b, size = out.shape
-        pooled = self._pooler(out.reshape(m * b, 1, size)).reshape(m, b, size)
-        logits = torch.einsum("mbh,mch->mbc", pooled, self._head_weight.take(vectors))
-        if self._head_bias is not None:
-            logits = logits + self._head_bias.take(vectors)[:, None, :]
-        return logits
+        m, b = vectors.shape[0], rows.first.shape[0]
+        attention_out, output = self._layer.attention.output, self._layer.output
+        hidden = torch.mm(self._attend(vectors, rows), attention_out.dense.weight.t())
+        hidden.view(m, b, -1).add_(rows.residual)
+        attended = _layer_norm(attention_out.LayerNorm, hidden)  # (m·B, H)
+        out = torch.add(attended, output.dense.bias)
+        out.addmm_(self._feed_forward(attended), output.dense.weight.t())
+        out = _layer_norm(output.LayerNorm, out)
+        dense = self._pooler.dense
+        pooled = torch.addmm(dense.bias, out, dense.weight.t()).tanh_().view(m, b, -1)
+        weight = self._head_weight.take(vectors).transpose(1, 2).expand(m, -1, -1)  # (m, H, c)
+        if self._head_bias is None:
+            return torch.bmm(pooled, weight)
+        return torch.baddbmm(self._head_bias.take(vectors)[:, None, :], pooled, weight)
 
-    def _low(self, name: str, rows: PreparedRows, vectors: torch.Tensor) -> torch.Tensor:
-        if name in rows.low:  # A is frozen: prepared once
-            return rows.low[name]
+    def _feed_forward(self, attended: torch.Tensor) -> torch.Tensor:
+        """layer.intermediate(attended), (m·B, H) -> (m·B, I), written into the kept buffer."""
+        dense = self._layer.intermediate.dense
+        if self._hidden.shape[0] < attended.shape[0]:
+            with torch.inference_mode(False):  # a normal tensor: writable in and out of inference
+                self._hidden = torch.empty(attended.shape[0], dense.out_features)
+        hidden = self._hidden[: attended.shape[0]]
+        torch.addmm(dense.bias, attended, dense.weight.t(), out=hidden)
+        if self._gelu:
+            return torch.ops.aten.gelu_(hidden)
+        return self._layer.intermediate.intermediate_act_fn(hidden)
+
+    def _per_head(self, b_weight: torch.Tensor) -> torch.Tensor:
+        """(m, H, r) -> (m, heads, d, r)."""
+        return b_weight.reshape(b_weight.shape[0], self._heads, self._head_size, -1)
+
+    def _low_input(self, name: str, rows: PreparedRows, vectors: torch.Tensor) -> torch.Tensor:
+        """A·x of every candidate whose A is in the vectors, see _low_rank_input."""
         assert rows.tokens is not None
         a = self._lora[name].a.take(vectors)
         return _low_rank_input(name, a, rows.first, rows.tokens, rows.padded)
 
     def _attend(self, vectors: torch.Tensor, rows: PreparedRows) -> torch.Tensor:
-        """First-token self-attention of every candidate: (m, B, H), as EncoderBackbone computes it."""
+        """First-token self-attention of every candidate: (m·B, H), as EncoderBackbone computes it.
+        The attention products run on (row, head) pairs as their batch, the B·x terms on candidates
+        or (head, candidate) pairs; the key and value low-rank terms have a path for a prepared A·x
+        (frozen A) and one for an A·x per candidate."""
         query, key, value = (self._lora[t] for t in _PROJECTIONS)
-        b = rows.first.shape[0]
+        m, b = vectors.shape[0], rows.q0.shape[0]
+        heads, size = self._heads, self._head_size
+        if "query" in rows.low:
+            low_q = rows.low["query"].expand(m, -1, -1)
+        else:
+            low_q = self._low_input("query", rows, vectors)
+        q_b = query.b.take(vectors).transpose(1, 2)  # (m, r, H)
+        q = torch.baddbmm(rows.q0, low_q, q_b, alpha=query.scale)  # (m, B, H)
+        scores = torch.baddbmm(rows.mask, q.view(m, b * heads, size).transpose(0, 1), rows.k0)
+        b_k, b_v = (self._per_head(p.b.take(vectors)) for p in (key, value))  # (m, heads, d, r)
+        qb = torch.einsum("mbnd,mndr->bnmr", q.view(m, b, heads, size), b_k)
+        self._add_key_low(scores.view(b, heads * m, -1), qb, rows, vectors)
+        weights = scores.softmax(-1)  # (B·heads, m, T)
+        base = torch.bmm(weights, rows.v0).view(b, heads, m, size)
+        pv = self._value_low(weights.view(b, heads * m, -1), rows, vectors)  # (B, heads·m, r)
+        context = torch.baddbmm(
+            base.permute(1, 2, 0, 3).reshape(heads * m, b, size),
+            pv.transpose(0, 1),
+            b_v.permute(1, 0, 3, 2).reshape(heads * m, -1, size),
+            alpha=value.scale,
+        )  # (heads·m, B, d)
+        return context.view(heads, m, b, size).permute(1, 2, 0, 3).reshape(m * b, heads * size)
 
-        def per_head(b_weight: torch.Tensor) -> torch.Tensor:  # (m, H, r) -> (m, heads, d, r)
-            return b_weight.reshape(b_weight.shape[0], self._heads, self._head_size, -1)
+    def _add_key_low(
+        self, scores: torch.Tensor, qb: torch.Tensor, rows: PreparedRows, vectors: torch.Tensor
+    ) -> None:
+        """scores (B, heads·m, T) += the key's low-rank term s·(q·B)·(A·x), scaled like the scores."""
+        if "key" in rows.low:
+            scores.baddbmm_(qb.reshape(*scores.shape[:2], -1), rows.low["key"])
+            return
+        low = torch.einsum("bnmr,mbtr->bnmt", qb, self._low_input("key", rows, vectors))
+        scores.view(low.shape).add_(low, alpha=self._lora["key"].scale * self._scaling)
 
-        q_low = torch.einsum(
-            "mbr,mndr->mbnd", self._low("query", rows, vectors), per_head(query.b.take(vectors))
-        )
-        q = rows.q0 + query.scale * q_low  # (m, B, heads, d)
-        qb = torch.einsum("mbnd,mndr->mbnr", q, per_head(key.b.take(vectors)))
-        scores = torch.einsum("mbnd,bndt->mbnt", q, rows.k0)
-        scores = scores + key.scale * torch.einsum(
-            "mbnr,mbtr->mbnt", qb, self._low("key", rows, vectors)
-        )
-        weights = (scores * self._scaling + rows.mask[None, :, None, :]).softmax(-1)
-        pv = torch.einsum("mbnt,mbtr->mbnr", weights, self._low("value", rows, vectors))
-        context = torch.einsum("mbnt,bntd->mbnd", weights, rows.v0)
-        context = context + value.scale * torch.einsum(
-            "mbnr,mndr->mbnd", pv, per_head(value.b.take(vectors))
-        )
-        return context.reshape(-1, b, self._heads * self._head_size)
+    def _value_low(
+        self, weights: torch.Tensor, rows: PreparedRows, vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """p·(A·x) of the value from the attention weights (B, heads·m, T): (B, heads·m, r)."""
+        if "value" in rows.low:
+            return torch.bmm(weights, rows.low["value"])
+        b, heads = rows.q0.shape[0], self._heads
+        low = self._low_input("value", rows, vectors)
+        pv = torch.einsum("bnmt,mbtr->bnmr", weights.view(b, heads, -1, weights.shape[-1]), low)
+        return pv.reshape(*weights.shape[:2], -1)
 
 
 def _low_rank_input(
@@ -227,6 +297,26 @@ def _low_rank_input(
     if name == "query":
         return torch.einsum("bh,mrh->mbr", first, a)
     return torch.einsum("nh,mrh->mnr", tokens, a)[:, padded]
+
+
+def _layer_norm(norm: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    shape, eps = norm.normalized_shape, norm.eps
+    return torch.nn.functional.layer_norm(x, shape, norm.weight, norm.bias, eps)
+
+
+def _is_bert_top(layer: Any, pooler: object) -> bool:
+    """The modules BatchedScorer.logits writes out, as in BERT: linear layers, LayerNorms, a tanh
+    pooler."""
+    parts = [
+        (layer.attention.output, "dense", torch.nn.Linear),
+        (layer.attention.output, "LayerNorm", torch.nn.LayerNorm),
+        (layer.intermediate, "dense", torch.nn.Linear),
+        (layer.output, "dense", torch.nn.Linear),
+        (layer.output, "LayerNorm", torch.nn.LayerNorm),
+        (pooler, "dense", torch.nn.Linear),
+        (pooler, "activation", torch.nn.Tanh),
+    ]
+    return all(isinstance(getattr(module, name, None), kind) for module, name, kind in parts)
 
 
 def _is_plain_lora(module: object) -> bool:

@@ -45,7 +45,7 @@ transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 EVAL_BATCH = 128  # rows per no-grad forward in evaluate/score
-# candidate-independent tensors score() keeps across calls (~2.7 MB per 45 trec rows): the first
+# candidate-independent tensors score() keeps across calls (~3 MB per 45 trec rows): the first
 # peers' validation rows fit, later ones are recomputed each call
 PREPARED_BUDGET = 64 * 2**20
 HEAD_FILE = "p2pfed.json"  # run facts saved next to the peft adapter (labels, base hash, config)
@@ -310,7 +310,7 @@ class TaskModel:
             if self._batched is not None:
                 flat = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
                 out = [self._batched.logits(flat, part) for part in self._prepared_rows(rows)]
-                return torch.cat(out, dim=1).numpy().astype(np.float32)
+                return (torch.cat(out, dim=1) if len(out) > 1 else out[0]).numpy()
             batches, order = self._batches(rows)  # gathered once, reused by every candidate
             looped = torch.stack([self._forward_all(batches)[0] for _ in self._loaded(vectors)])
         position = {row: i for i, row in enumerate(order.tolist())}

@@ -86,11 +86,14 @@ def prioritize(
             admitted.add(int(labels[i]))
         nearest.append(i)
     kept = np.asarray(nearest, dtype=np.intp)
-    rest = np.setdiff1d(order, kept, assume_unique=True)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[kept] = True
+    rest = order[~chosen[order]]  # nearest first
     if rng is not None and explore > 0 and rest.size:
         explored = rng.choice(rest, size=min(explore, rest.size), replace=False)
         kept = np.concatenate([kept, np.sort(explored)])
-        rest = np.setdiff1d(rest, explored, assume_unique=True)
+        chosen[explored] = True
+        rest = order[~chosen[order]]
     return kept, rest
 
 
@@ -99,41 +102,65 @@ def lower_median(values: Floats) -> float:
     return float(np.sort(values)[(values.size - 1) // 2]) if values.size else 0.0
 
 
-def clipped_mix(own: FloatVector, kept: FloatMatrix, weights: Floats, radius: float) -> FloatVector:
-    """own + Σ_j w_j · clip(x_j − own, radius), clip(v, r) = v · min(1, r / ‖v‖): self-centred clipping
-    (He, Karimireddy & Jaggi, 2022) of what the kept candidates pull us by. With `weights` summing to at
-    most 1 and no clipping this is the plain convex mix (1 − Σw)·own + Σ w_j x_j."""
-    if kept.shape[0] == 0:
+def offsets_and_gram(
+    vectors: FloatMatrix, own: FloatVector
+) -> tuple[npt.NDArray[np.floating], Floats]:
+    """(x_j − own for every row; their Gram matrix G). One matrix product gives every distance a step
+    needs: ‖x_j − own‖² = G_jj, ‖x_i − x_j‖² = G_ii + G_jj − 2·G_ij. Offsets from our own vector, not
+    the vectors themselves, keep float32 precise enough (no large norms cancel); a hostile vector large
+    enough to overflow it is handled in float64, where float32 inputs cannot."""
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below
+        offsets: npt.NDArray[np.floating] = np.subtract(vectors, own[None, :], dtype=np.float32)
+        gram = (offsets @ offsets.T).astype(np.float64)  # numpy runs x·xᵀ as one symmetric product
+    if not np.isfinite(gram).all():
+        offsets = vectors.astype(np.float64) - own.astype(np.float64)[None, :]
+        gram = offsets @ offsets.T
+    return offsets, gram
+
+
+def clipped_mix(
+    own: FloatVector,
+    offsets: npt.NDArray[np.floating],
+    norms: Floats,
+    weights: Floats,
+    radius: float,
+) -> FloatVector:
+    """own + Σ_j w_j · clip(x_j − own, radius), clip(v, r) = v · min(1, r / ‖v‖), with `offsets` the
+    x_j − own and `norms` their lengths: self-centred clipping (He, Karimireddy & Jaggi, 2022) of
+    what the candidates pull us by. With `weights` summing to at most 1 and no clipping this is the
+    plain convex mix (1 − Σw)·own + Σ w_j x_j; a row with weight 0 does not count."""
+    if offsets.shape[0] == 0:
         return own.copy()
-    diffs = kept.astype(np.float64) - own.astype(np.float64)[None, :]
-    norms = np.linalg.norm(diffs, axis=1)
     factors = np.minimum(1.0, radius / np.maximum(norms, 1e-30))
-    return (own + (weights * factors) @ diffs).astype(own.dtype)
+    pull = (weights * factors).astype(offsets.dtype) @ offsets  # in the offsets' precision
+    return (own + pull).astype(own.dtype)
 
 
-def duplicate_groups(vectors: FloatMatrix, within: float) -> Indices:
-    """A group label per row: rows linked by distances ≤ `within` share one (connected components).
+def duplicate_groups(gram: Floats, within: float) -> Indices:
+    """A group label per row of the Gram matrix `gram` (of the vectors, or of their offsets from one
+    common point): rows linked by distances ≤ `within` share one (connected components).
 
     Honest peers train on different data, so their vectors are never this close; colluding identities
     that send one crafted vector (Sybil, omniscient attackers) are."""
-    k = vectors.shape[0]
+    k = gram.shape[0]
     group = np.arange(k)
     if k < 2 or within <= 0:
         return group
-    x = vectors.astype(np.float64)
-    squares = np.einsum("ij,ij->i", x, x)
-    gram = x @ x.T  # pairwise distances from the Gram matrix: no (k, k, d) difference tensor
+    squares = np.diag(gram)
     close = squares[:, None] + squares[None, :] - 2 * gram <= within**2
     for _ in range(k):  # label propagation to connected components (k is small)
-        group = np.min(np.where(close, group[None, :], k), axis=1)
+        smallest = np.min(np.where(close, group[None, :], k), axis=1)
+        if np.array_equal(smallest, group):
+            break
+        group = smallest
     return group
 
 
 def group_sizes(labels: Indices) -> Floats:
-    """For each entry, how many entries share its label. Dividing each member's weight by the size of
-    its near-duplicate group (`duplicate_groups`) makes the group count as one neighbour."""
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    return counts[inverse].astype(np.float64)
+    """For each entry, how many entries share its (non-negative) label. Dividing each member's weight
+    by the size of its near-duplicate group (`duplicate_groups`) makes the group count as one
+    neighbour."""
+    return np.bincount(labels)[labels].astype(np.float64)
 
 
 def informative_classes(scores: Floats) -> npt.NDArray[np.bool_]:
@@ -168,29 +195,40 @@ def integrate(
     """From (1 + k, c) validation scores of [own, *candidates]:
     (worse mask, harmful mask, performance weight, evidence score = mean Δ over informative classes)."""
     s = np.asarray(scores, dtype=np.float64)
-    classes = informative_classes(s)
-    s = np.nan_to_num(s[:, classes], nan=-np.inf)
+    s = s[:, informative_classes(s)]
+    finite = bool(np.isfinite(s).all())  # usually; then the masking of non-finite scores is skipped
+    if not finite:
+        s = np.nan_to_num(s, nan=-np.inf)
     # Our own model is tuned to our own (skewed) split, so an honest non-IID neighbour's model is often
     # worse there than ours; what marks a poisoned model is being worse than the typical model we see,
     # so that is the reference when it is lower.
     reference = s[0]
     if s.shape[0] > 2:
-        finite = np.where(np.isfinite(s), s, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN class: keep our own score
-            typical = np.nanquantile(finite, reference_quantile, axis=0)
-            reference = np.fmin(s[0], typical)
-    delta = np.where(np.isneginf(s[1:]), -np.inf, np.nan_to_num(s[1:] - reference, nan=0.0))
+        reference = np.fmin(s[0], typical_scores(s, reference_quantile))
+    if finite:
+        delta, own_drop = s[1:] - reference, s[1:] - s[0]
+    else:
+        delta = np.where(np.isneginf(s[1:]), -np.inf, np.nan_to_num(s[1:] - reference, nan=0.0))
+        own_drop = np.nan_to_num(s[1:] - s[0], nan=0.0)
     mean_delta = delta.mean(axis=1)
-    own_delta = np.nan_to_num(s[1:] - s[0], nan=0.0).mean(axis=1)
+    own_delta = own_drop.mean(axis=1)
     scale = loss_scale(s[0])
     worse = (mean_delta < -margin * scale) | (own_delta < -floor_margin * scale)
-    harmful = worse & (
-        mean_delta < scale * harm_threshold(mean_delta / scale, harm_margin, harm_factor)
-    )
+    harmful = worse.copy()
+    if worse.any():  # which of the worse are also outliers
+        harmful &= mean_delta < scale * harm_threshold(mean_delta / scale, harm_margin, harm_factor)
     gain = np.clip(delta, 0.0, None).mean(axis=1)
     perf = np.minimum(max_boost, 1.0 + boost * gain)
     return worse, harmful, perf, mean_delta
+
+
+def typical_scores(scores: Floats, quantile: float) -> Floats:
+    """Per class, the `quantile` of the finite scores (NaN where there are none)."""
+    if np.isfinite(scores).all():
+        return np.quantile(scores, quantile, axis=0)  # nanquantile is ~6x slower
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN class
+        return np.nanquantile(np.where(np.isfinite(scores), scores, np.nan), quantile, axis=0)
 
 
 def harm_threshold(mean_delta: Floats, harm_margin: float, harm_factor: float) -> float:
@@ -279,24 +317,23 @@ class Bristle:
             )
         candidates = np.flatnonzero(rep >= self.quarantine_below)
 
-        distances = np.linalg.norm(inp.received[candidates] - inp.own[None, :], axis=1).astype(
-            np.float64
-        )
+        vectors = inp.received if candidates.size == n else inp.received[candidates]
+        offsets, gram = offsets_and_gram(vectors, inp.own)
+        distances = np.sqrt(np.diag(gram))
         rng = inp.rng if inp.evaluate is not None else None
         scale = lower_median(distances)
-        groups = duplicate_groups(inp.received[candidates], self.duplicate_factor * scale)
+        groups = duplicate_groups(gram, self.duplicate_factor * scale)
         near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng, groups)
-        group_of = dict(zip(candidates.tolist(), groups.tolist(), strict=True))
         for i, dist in zip(candidates[far].tolist(), distances[far].tolist(), strict=True):
             ratio = dist / scale if scale > 0 else 0.0
             verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=ratio, reason=reasons.FAR)
-        kept = candidates[near]
 
-        perf = np.ones(kept.size)
-        mean_delta = np.zeros(kept.size)
-        if inp.evaluate is not None and kept.size:
+        perf = np.ones(near.size)
+        mean_delta = np.zeros(near.size)
+        if inp.evaluate is not None and near.size:
+            kept = candidates[near]
             worse, harmful, perf, mean_delta = self._evaluate(
-                inp.evaluate, inp.own, inp.received[kept]
+                inp.evaluate, inp.own, inp.received, kept
             )
             for i, d, h in zip(
                 kept[worse].tolist(),
@@ -306,37 +343,41 @@ class Bristle:
             ):
                 reason = reasons.HARMFUL if h else reasons.WORSE
                 verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=d, reason=reason)
-            kept, perf, mean_delta = kept[~worse], perf[~worse], mean_delta[~worse]
+            near, perf, mean_delta = near[~worse], perf[~worse], mean_delta[~worse]
+        kept = candidates[near]
 
         mh = inp.mixing_weights.astype(np.float64)
-        copies = group_sizes(np.array([group_of[i] for i in kept.tolist()], dtype=np.intp))
+        copies = group_sizes(groups[near])
         mh_kept = mh[1 + kept] / copies  # near-identical vectors from several identities count once
         mh = np.concatenate([[mh.sum() - mh_kept.sum()], mh_kept])
         weights = mix_weights(mh, perf, rep[kept], self.newcomer_below, self.newcomer_cap)
         radius = self.clip_factor * scale if scale > 0 else np.inf
-        mixed = clipped_mix(inp.own, inp.received[kept], weights[1:], radius)
+        offset_weights = np.zeros(candidates.size)  # 0 for the candidates not kept
+        offset_weights[near] = weights[1:]
+        mixed = clipped_mix(inp.own, offsets, distances, offset_weights, radius)
         for i, w, d in zip(kept.tolist(), weights[1:].tolist(), mean_delta.tolist(), strict=True):
             verdicts[i] = Verdict(inp.senders[i], Outcome.KEPT, weight=w, score=d)
-        log.debug(
-            "bristle: %d kept, %d far, %d worse or harmful, %d quarantined; self weight %.3f",
-            kept.size,
-            far.size,
-            sum(v.reason in (reasons.WORSE, reasons.HARMFUL) for v in verdicts.values()),
-            sum(v.outcome is Outcome.QUARANTINED for v in verdicts.values()),
-            weights[0],
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "bristle: %d kept, %d far, %d worse or harmful, %d quarantined; self weight %.3f",
+                kept.size,
+                far.size,
+                sum(v.reason in (reasons.WORSE, reasons.HARMFUL) for v in verdicts.values()),
+                sum(v.outcome is Outcome.QUARANTINED for v in verdicts.values()),
+                weights[0],
+            )
         return result(mixed, [verdicts[i] for i in range(n)], invalid)
 
     def _evaluate(
-        self, evaluate: Evaluator, own: FloatVector, candidates: FloatMatrix
+        self, evaluate: Evaluator, own: FloatVector, received: FloatMatrix, kept: Indices
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats]:
-        scores = evaluate(
-            np.concatenate([own[None, :], candidates], axis=0).astype(np.float32, copy=False)
-        )
-        if scores.ndim != 2 or scores.shape[0] != candidates.shape[0] + 1:
-            raise ValueError(
-                f"evaluate returned shape {scores.shape} for {candidates.shape[0] + 1} vectors"
-            )
+        stacked = np.empty((1 + kept.size, own.size), dtype=np.float32)  # [own, *kept], one copy
+        stacked[0] = own
+        np.take(received, kept, axis=0, out=stacked[1:])
+        scores = evaluate(stacked)
+        if scores.ndim != 2 or scores.shape[0] != stacked.shape[0]:
+            shape, count = scores.shape, stacked.shape[0]
+            raise ValueError(f"evaluate returned shape {shape} for {count} vectors")
         return integrate(
             scores,
             margin=self.margin,
