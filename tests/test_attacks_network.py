@@ -48,8 +48,23 @@ HISTORY = (
 def test_free_rider_echoes_the_latest_honest_vector_from_someone_else() -> None:
     message = FreeRider().outgoing(ctx(history=HISTORY))
     np.testing.assert_array_equal(message.vector, [5, 5])
-    alone = FreeRider().outgoing(ctx(history=HISTORY[2:]))
+    alone = FreeRider().outgoing(ctx(step=1, history=HISTORY[2:]))
     np.testing.assert_array_equal(alone.vector, [7, 7])  # only the recipient's own vector is known
+
+
+def test_free_rider_picks_the_same_vector_whatever_the_arrival_order() -> None:
+    history = (
+        (2, 1, "b", np.array([1.0, 1.0], np.float32)),
+        (2, 1, "c", np.array([2.0, 2.0], np.float32)),
+        (2, 0, "d", np.array([3.0, 3.0], np.float32)),
+    )
+    picks = {
+        tuple(FreeRider().outgoing(ctx(round=2, step=2, history=order)).vector)
+        for order in (history, history[::-1], history[1:] + history[:1])
+    }
+    assert picks == {(2.0, 2.0)}  # newest (round, step), then sender ID
+    early = FreeRider().outgoing(ctx(round=2, step=1, history=history)).vector
+    np.testing.assert_array_equal(early, [3, 3])  # step 1 may still be arriving: not used yet
 
 
 def test_stale_free_rider_sends_its_first_vector_forever() -> None:

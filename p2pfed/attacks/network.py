@@ -11,7 +11,10 @@ from p2pfed.types import FloatVector
 class FreeRider(Behaviour):
     """Contributes nothing of its own: `mode="echo"` sends the latest vector it received from an honest
     neighbour other than the recipient (falling back to any honest one); `mode="stale"` (or when nothing
-    was received yet) sends the vector it had at its first step, forever."""
+    was received yet) sends the vector it had at its first step, forever. "Latest" is by the (round,
+    step) the vector was signed for, ties broken by sender ID, among the steps before the current one:
+    arrival order, and what faster peers already sent for the current step, depend on thread timing,
+    and the same seed must give the same run."""
 
     name = "free_rider"
 
@@ -25,11 +28,13 @@ class FreeRider(Behaviour):
         if self._stale is None:
             self._stale = ctx.own.copy()
         if self.mode == "echo":
-            honest = [h for h in ctx.received_history if h[2] not in ctx.colluders]
+            done = (ctx.round, ctx.step)  # what faster peers already sent for this step depends on timing
+            honest = [h for h in ctx.received_history if h[2] not in ctx.colluders and h[:2] < done]
             others = [h for h in honest if h[2] != ctx.recipient]
             pick = others or honest
             if pick:
-                return Outgoing(vector=np.asarray(pick[-1][3], dtype=np.float32))
+                newest = max(pick, key=lambda h: (h[0], h[1], h[2]))
+                return Outgoing(vector=np.asarray(newest[3], dtype=np.float32))
         return Outgoing(vector=self._stale)
 
 
