@@ -49,7 +49,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from p2pfed.net.framing import CHUNK
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
 from p2pfed.net.loopback import loopback_transports
-from p2pfed.peer.envelopes import open_update, seal_update
+from p2pfed.peer.envelopes import off_loop
 from p2pfed.wire import Accepted, Identity, Limits, Schema, open_envelope, seal
 
 RAW = TProtocol("/bench/raw/1.0.0")
@@ -154,16 +154,14 @@ async def signed_batch(
     schema = Schema.from_tensors(tensors)
     sealed_in, sealed_out = trio.open_memory_channel[bytes](1)
 
+    async def run(nbytes: int, call: Callable[[], T]) -> T:
+        return await off_loop(nbytes, call) if as_peer else call()
+
     async def sealer() -> None:
         async with sealed_in:
             for step in range(count):
-                if as_peer:
-                    envelope = await seal_update(
-                        a.identity, run_digest=RUN, round=0, step=step, tensors=tensors
-                    )
-                else:
-                    envelope = seal(a.identity, run_digest=RUN, round=0, step=step, tensors=tensors)
-                await sealed_in.send(envelope)
+                sealing = partial(seal, a.identity, run_digest=RUN, round=0, step=step, tensors=tensors)
+                await sealed_in.send(await run(schema.nbytes, sealing))
 
     async def sender() -> None:
         async with sealed_out:
@@ -175,13 +173,9 @@ async def signed_batch(
         nursery.start_soon(sender)
         for _ in range(count):
             delivery = await b.incoming.receive()
-            if as_peer:
-                verdict = await open_update(
-                    delivery.chunks, remote=delivery.remote, schema=schema, **OPEN_ARGS
-                )
-                assert isinstance(verdict, Accepted)
-            else:
-                open_accepted(delivery.data, delivery.remote, schema)
+            data = delivery.chunks if as_peer else delivery.data  # the Peer never joins on the loop
+            opening = partial(open_envelope, data, remote=delivery.remote, schema=schema, **OPEN_ARGS)
+            assert isinstance(await run(delivery.nbytes, opening), Accepted)
 
 
 async def framed_batch(a: Libp2pTransport, b: Libp2pTransport, envelope: bytes, count: int) -> None:

@@ -4,16 +4,27 @@ free for the transport while they are hashed and checked."""
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 
 import numpy as np
 import pytest
 import trio
 
-from p2pfed.peer.envelopes import OFF_LOOP_BYTES, open_update, seal_update
-from p2pfed.wire import Accepted, Identity, Limits, Rejected, RejectReason, Schema, open_envelope
+from p2pfed.peer.envelopes import OFF_LOOP_BYTES, off_loop
+from p2pfed.wire import (
+    Accepted,
+    Identity,
+    Limits,
+    Rejected,
+    RejectReason,
+    Schema,
+    open_envelope,
+    seal,
+)
 
 RUN = hashlib.sha256(b"envelopes-test").digest()
 SENDER = Identity.for_peer(0, 0)
+CHECKS = {"remote": SENDER.peer_id, "run_digest": RUN, "limits": Limits(), "round_window": None, "now": None}
 
 
 def _tensors(nbytes: int) -> dict[str, np.ndarray]:
@@ -22,19 +33,12 @@ def _tensors(nbytes: int) -> dict[str, np.ndarray]:
 
 
 async def _open(data: bytes, schema: Schema) -> Accepted | Rejected:
-    return await open_update(
-        data,
-        remote=SENDER.peer_id,
-        run_digest=RUN,
-        schema=schema,
-        limits=Limits(),
-        round_window=None,
-        now=None,
-    )
+    return await off_loop(len(data), partial(open_envelope, data, schema=schema, **CHECKS))
 
 
 async def _seal(tensors: dict[str, np.ndarray]) -> bytes:
-    return await seal_update(SENDER, run_digest=RUN, round=3, step=1, tensors=tensors)
+    sealing = partial(seal, SENDER, run_digest=RUN, round=3, step=1, tensors=tensors)
+    return await off_loop(Schema.from_tensors(tensors).nbytes, sealing)
 
 
 async def _runs_beside(work) -> tuple[object, bool]:
@@ -60,15 +64,7 @@ def test_round_trip_matches_the_wire_functions(nbytes: int) -> None:
     async def main() -> None:
         envelope = await _seal(tensors)
         verdict = await _open(envelope, schema)
-        direct = open_envelope(
-            envelope,
-            remote=SENDER.peer_id,
-            run_digest=RUN,
-            schema=schema,
-            limits=Limits(),
-            round_window=None,
-            now=None,
-        )
+        direct = open_envelope(envelope, schema=schema, **CHECKS)
         assert isinstance(verdict, Accepted) and isinstance(direct, Accepted)
         assert (verdict.round, verdict.step) == (3, 1)
         assert verdict.payload_digest == direct.payload_digest

@@ -248,7 +248,7 @@ def test_a_replaying_neighbour_answers_its_step_instead_of_stalling_it() -> None
 
 
 def test_one_signature_per_gossip_step_serves_every_neighbour(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import p2pfed.peer.envelopes as envelopes_module
+    import p2pfed.peer.peer as peer_module
 
     sealed: list[bytes] = []
 
@@ -256,8 +256,8 @@ def test_one_signature_per_gossip_step_serves_every_neighbour(monkeypatch) -> No
         sealed.append(real_seal(*args, **kwargs))
         return sealed[-1]
 
-    real_seal = envelopes_module.seal
-    monkeypatch.setattr(envelopes_module, "seal", counting_seal)
+    real_seal = peer_module.seal
+    monkeypatch.setattr(peer_module, "seal", counting_seal)
     net = build(n=4, rounds=2, q=3)
     run(net, 2)
     assert len(sealed) == 4 * 2 * 3  # peers × rounds × steps, not × 2 ring neighbours

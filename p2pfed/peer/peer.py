@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from p2pfed.attacks.base import AttackContext, Behaviour, Collusion, Outgoing
 from p2pfed.config import GossipConfig
 from p2pfed.net.transport import Delivery, Transport
 from p2pfed.peer.checkpoint import Checkpoint, save_checkpoint
-from p2pfed.peer.envelopes import open_update, seal_update
+from p2pfed.peer.envelopes import off_loop
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.topology import metropolis_row, renormalize
 from p2pfed.robust.base import Defence, DefenceInput
@@ -37,6 +38,8 @@ from p2pfed.wire import (
     Rejected,
     RejectReason,
     Schema,
+    open_envelope,
+    seal,
 )
 
 log = logging.getLogger(__name__)
@@ -307,12 +310,17 @@ class Peer:
         last = self._last_seal
         if last is not None and last[:2] == (claimed_round, claimed_step) and last[2] is vector:
             return last[3]  # the same vector for another partner: the envelope names no recipient
-        envelope = await seal_update(
-            self.identity,
-            run_digest=self.run_digest,
-            round=claimed_round,
-            step=claimed_step,
-            tensors={TENSOR: np.ascontiguousarray(vector, dtype=np.float32)},
+        tensors = {TENSOR: np.ascontiguousarray(vector, dtype=np.float32)}
+        envelope = await off_loop(
+            tensors[TENSOR].nbytes,
+            partial(
+                seal,
+                self.identity,
+                run_digest=self.run_digest,
+                round=claimed_round,
+                step=claimed_step,
+                tensors=tensors,
+            ),
         )
         self._sent.append((claimed_round, claimed_step, envelope))
         self._last_seal = (claimed_round, claimed_step, vector, envelope)
@@ -328,14 +336,18 @@ class Peer:
     async def _receive_loop(self) -> None:
         async for delivery in self.transport.incoming:
             self._bytes_received += delivery.nbytes
-            verdict = await open_update(
-                delivery.chunks,
-                remote=delivery.remote,
-                run_digest=self.run_digest,
-                schema=self.schema,
-                limits=self.limits,
-                round_window=(self.round - self.gossip.round_window, self.round + FAR_FUTURE),
-                now=time.time(),
+            verdict = await off_loop(
+                delivery.nbytes,
+                partial(
+                    open_envelope,
+                    delivery.chunks,
+                    remote=delivery.remote,
+                    run_digest=self.run_digest,
+                    schema=self.schema,
+                    limits=self.limits,
+                    round_window=(self.round - self.gossip.round_window, self.round + FAR_FUTURE),
+                    now=time.time(),
+                ),
             )
             self._accept(delivery, verdict)
             await trio.lowlevel.checkpoint()
