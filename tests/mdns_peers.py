@@ -81,6 +81,8 @@ async def exchange(transport: Libp2pTransport, peers: int) -> list[str]:
 
 async def node(index: int, peers: int, listen: str, timeout_s: float) -> dict[str, object]:
     started = time.monotonic()
+    # Read now: once the other namespace's peer exits, its namespace and with it the veth pair are gone.
+    seen = interfaces()
     config = Libp2pConfig(run_digest=RUN, listen_addrs=(listen,), enable_mdns=True)  # no bootstrap
     transport = Libp2pTransport(Identity.for_peer(SEED, index), config)
     async with trio.open_nursery() as nursery:
@@ -94,7 +96,7 @@ async def node(index: int, peers: int, listen: str, timeout_s: float) -> dict[st
         "index": index,
         "peer_id": transport.local_id,
         "listen": listen,
-        "interfaces": interfaces(),
+        "interfaces": seen,
         "bootstrap": list(config.bootstrap),
         "neighbours": neighbours,
         "accepted_from": sorted(accepted),
