@@ -262,3 +262,24 @@ def test_one_signature_per_gossip_step_serves_every_neighbour(monkeypatch) -> No
     run(net, 2)
     assert len(sealed) == 4 * 2 * 3  # peers × rounds × steps, not × 2 ring neighbours
     assert all(r.outcomes == {"kept": 2 * 3} for r in net.reports)  # both neighbours verified it
+
+
+def test_a_repeat_from_a_neighbour_ahead_of_us_answers_its_next_step() -> None:
+    """A sender that does not wait for us (a replayer, a peer that skips evaluation) can send its next
+    step's message while we are still in this one. When that message brings nothing new, it answers the
+    sender's next step: we must not wait out that step's deadline for it (the replay cell of the
+    experiment grid used to lose a whole deadline per round this way)."""
+    net = build(behaviours={1: Silent()}, rounds=1, q=2)
+    ahead = Identity.for_peer(11, 1)
+    update = seal(ahead, run_digest=RUN, round=0, step=0, tensors={TENSOR: np.zeros(DIM, np.float32)})
+
+    async def send_twice(net: Net) -> None:  # its step-0 update, then a replay of it as its step-1 message
+        net.network._put(ahead.peer_id, net.ids[0], update)
+        net.network._put(ahead.peer_id, net.ids[0], update)
+
+    victim = net.peers[0]
+    finished: list[float] = []
+    victim.on_round = lambda report: finished.append(trio.current_time())
+    run(net, 1, before=send_twice)
+    assert victim.rejections == {"duplicate": 1}
+    assert finished and finished[0] < TIMEOUT  # peer 2, the silent peer's other neighbour, waits 2 deadlines

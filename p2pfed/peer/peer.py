@@ -203,6 +203,7 @@ class Peer:
 
     async def run_round(self, rnd: int) -> None:
         started = time.perf_counter()
+        self.step = 0
         sent0, received0 = self._bytes_sent, self._bytes_received
         self.vector, train_loss = await self._blocking(self.local.train, self.vector, self.rng(rnd, 0))
         outcomes: Counter[str] = Counter()
@@ -359,10 +360,9 @@ class Peer:
             if delivery.remote in self.neighbour_degrees:
                 # An honest neighbour sends one valid update per step: whatever it sent instead answers
                 # the step (no waiting out the deadline for a replayer); only non-late junk costs reputation.
-                buffer = self._buffer_for_current()
-                buffer.answered.add(delivery.remote)
+                self._unanswered_step(delivery.remote).answered.add(delivery.remote)
                 if verdict.reason not in (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND):
-                    buffer.invalid.add(delivery.remote)
+                    self._buffers.setdefault((self.round, self.step), _StepBuffer()).invalid.add(delivery.remote)
                 self._notify_arrival()
             return
         if not self._is_neighbour(verdict.sender):
@@ -376,11 +376,11 @@ class Peer:
         admission = self.inbox.admit(verdict.sender, verdict.round, verdict.step, verdict.payload_digest)
         if admission is not Admission.NEW and admission is not Admission.EQUIVOCATION:
             self._reject(delivery.remote, admission.value, f"round {verdict.round} step {verdict.step}")
-            self._buffer_for_current().answered.add(verdict.sender)  # a replay answers the step too
+            self._unanswered_step(verdict.sender).answered.add(verdict.sender)  # a replay answers a step too
             self._notify_arrival()
             return
         if verdict.round < self.round:  # from a past round: late, or replayed; either way it answers now
-            self._buffer_for_current().answered.add(verdict.sender)
+            self._unanswered_step(verdict.sender).answered.add(verdict.sender)
         buffer = self._buffers.setdefault(key, _StepBuffer())
         if admission is Admission.EQUIVOCATION:
             self._reject(delivery.remote, "equivocation", f"round {verdict.round} step {verdict.step}")
@@ -400,7 +400,16 @@ class Peer:
         self.rejections[reason] += 1
         log.info("peer %d rejected a message from %s: %s %s", self.index, remote[:16], reason, detail)
 
-    def _buffer_for_current(self) -> _StepBuffer:
+    def _unanswered_step(self, sender: str) -> _StepBuffer:
+        """The buffer of the first step, from the one in progress on (into the next round), that `sender` has
+        not settled yet: a message that brings nothing new answers that one. A sender that does not wait
+        for us can be a step or a round ahead, so crediting the step in progress would leave one of its
+        later steps unanswered and hold us up until the deadline."""
+        steps = self.gossip.gossip_steps
+        for position in range(self.round * steps + self.step, (self.round + 2) * steps):
+            buffer = self._buffers.setdefault(divmod(position, steps), _StepBuffer())
+            if sender not in buffer.updates and sender not in buffer.answered and sender not in buffer.equivocated:
+                return buffer
         return self._buffers.setdefault((self.round, self.step), _StepBuffer())
 
     async def _defend_and_mix(self, rnd: int, step: int) -> list[Verdict]:
