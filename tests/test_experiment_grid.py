@@ -21,7 +21,7 @@ from p2pfed.sims.experiment import (
     load_experiment,
     to_toml,
 )
-from p2pfed.sims.grid_runner import RESULTS, run_grid
+from p2pfed.sims.grid_runner import RESULTS, available_cores, run_grid
 from p2pfed.sims.report import load_results
 
 
@@ -45,6 +45,12 @@ def pool_runner(cell: Cell) -> dict[str, Any]:
     if cell.attack == "alie":
         os._exit(3)
     return {**fake_summary(cell), "pid": os.getpid()}
+
+
+def thread_env_runner(cell: Cell) -> dict[str, Any]:
+    """For worker processes: the fake summary, with the OpenBLAS thread count the worker was started with."""
+    summary = fake_summary(cell)
+    return {**summary, "final": {**summary["final"], "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}}
 
 
 class Recorder:
@@ -197,3 +203,18 @@ def test_worker_processes_run_the_cells_and_a_dead_worker_costs_only_its_cells(t
     assert all("worker process died" in r["error"] for r in errors) and result.failed == len(errors) >= 1
     again = run_grid(cfg, tmp_path, runner=fake_summary, progress=False, report=False)
     assert again.ran == len(errors) and again.failed == 0
+
+
+@pytest.mark.slow
+def test_worker_processes_start_numpy_blas_at_their_share_of_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers each starting a BLAS thread per core thrash on a 2-core machine (the adaptive attack's
+    cells ran 3.7× slower); each worker gets cores // workers threads, and our own environment is kept."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = small(workers=2, attacks=("none",), defences=("mean", "median"), seeds=(0,))
+    run_grid(cfg, tmp_path, runner=thread_env_runner, progress=False, report=False)
+    rows = load_results(tmp_path / RESULTS)
+    assert [r["final"]["blas_threads"] for r in rows] == [str(max(1, available_cores() // 2))] * 2
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
