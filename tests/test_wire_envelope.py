@@ -5,6 +5,7 @@ import struct
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from p2pfed import PROTOCOL_VERSION
 from p2pfed.wire import (
@@ -264,3 +265,43 @@ def test_limits_scale_with_the_schema() -> None:
     big = Schema.from_tensors({"w": np.zeros((1024, 1024), np.float32)})
     assert Limits().total_cap(big) > 4 * 1024 * 1024
     assert Limits().total_cap(SCHEMA) < 128 * 1024
+
+
+def test_a_payload_laid_out_as_seal_lays_it_out_is_read_in_place() -> None:
+    """What `seal` writes is decoded without a copy (read-only views of the one payload buffer): a copy
+    would hold the GIL while the event loop is receiving the next adapter."""
+    result = _open(_sealed())
+    assert isinstance(result, Accepted)
+    arrays = list(result.tensors.values())
+    assert all(not a.flags.writeable for a in arrays)
+    owners = {id(_owner(a)) for a in arrays}
+    assert len(owners) == 1 and isinstance(_owner(arrays[0]), bytes)  # views of the one payload
+
+
+def _owner(array: np.ndarray) -> object:
+    """The object that owns the memory behind `array` (itself when it owns it)."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array
+
+
+def test_another_valid_safetensors_layout_is_decoded_by_safetensors_with_the_same_result() -> None:
+    """A sender whose safetensors writes the same tensors differently (here: with metadata in the JSON
+    header) is still understood; its tensors come out equal, and still checked for finiteness."""
+    data = _sealed()
+    (header_len,) = struct.unpack_from(">I", data, 4)
+    for tensors, verdict in ((_tensors(), Accepted), ({**_tensors(), "head.weight": np.full((3, 16), np.nan, np.float32)}, Rejected)):
+        payload = safetensors.numpy.save(tensors, metadata={"writer": "another p2pfed"})
+        resigned = _resign(
+            data[: 8 + header_len + 64] + payload,
+            ALICE,
+            payload_length=len(payload),
+            payload_sha256=hashlib.sha256(payload).digest(),
+        )
+        result = _open(resigned)
+        assert isinstance(result, verdict), result
+        if isinstance(result, Accepted):
+            for name, array in _tensors().items():
+                np.testing.assert_array_equal(result.tensors[name], array)
+        else:
+            assert result.reason is RejectReason.NON_FINITE

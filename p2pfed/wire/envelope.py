@@ -17,7 +17,9 @@ does not stall the event loop that is still receiving.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import math
 import struct
@@ -233,6 +235,45 @@ def _joined(parts: list[Buffer]) -> bytes:
     return whole[0] if len(whole) == 1 else b"".join(whole)
 
 
+@functools.lru_cache(maxsize=16)
+def _canonical_layout(schema: Schema) -> tuple[bytes, tuple[int, ...]]:
+    """The bytes that open every payload `seal` writes for `schema` (safetensors' length prefix and JSON
+    header, which depend only on the tensors' names, dtypes and shapes), and where each tensor's data
+    starts in the payload, in schema order. safetensors itself encodes zeros of the schema, once."""
+    blank = safetensors.numpy.save({spec.name: np.zeros(spec.shape, spec.dtype) for spec in schema.specs})
+    data_start = 8 + int.from_bytes(blank[:8], "little")
+    layout = json.loads(blank[8:data_start])
+    return blank[:data_start], tuple(data_start + layout[s.name]["data_offsets"][0] for s in schema.specs)
+
+
+def _decode(payload: bytes, schema: Schema) -> dict[str, np.ndarray] | Rejected:
+    """The tensors of a verified payload, in schema order. A payload laid out exactly as `seal` lays out
+    this schema is read in place: read-only views, no copy (a copy here would hold the GIL while the
+    event loop is busy receiving). Anything else is decoded by safetensors and checked against the schema."""
+    head, starts = _canonical_layout(schema)
+    if len(payload) == len(head) + schema.nbytes and payload.startswith(head):
+        return {
+            spec.name: np.frombuffer(payload, spec.dtype, math.prod(spec.shape), start).reshape(spec.shape)
+            for spec, start in zip(schema.specs, starts, strict=True)
+        }
+    try:
+        decoded = safetensors.numpy.load(payload)
+    except Exception as exc:  # safetensors raises its own error types and TypeError/ValueError
+        return Rejected(RejectReason.BAD_PAYLOAD, str(exc)[:200])
+    if set(decoded) != set(schema.by_name):
+        return Rejected(RejectReason.SHAPE_MISMATCH, "tensor names differ from the schema")
+    tensors: dict[str, np.ndarray] = {}
+    for spec in schema.specs:
+        array = decoded[spec.name]
+        if array.shape != spec.shape or array.dtype != np.dtype(spec.dtype):
+            return Rejected(
+                RejectReason.SHAPE_MISMATCH,
+                f"{spec.name}: {array.dtype}{list(array.shape)}, expected {spec.dtype}{list(spec.shape)}",
+            )
+        tensors[spec.name] = array
+    return tensors
+
+
 def _open(
     data: object,
     remote: str | None,
@@ -305,23 +346,12 @@ def _open(
     if header.schema_digest != schema.digest:
         return Rejected(R.WRONG_SCHEMA, "tensor schema differs from this run's")
 
-    try:
-        decoded = safetensors.numpy.load(payload)
-    except Exception as exc:  # safetensors raises its own error types and TypeError/ValueError
-        return Rejected(R.BAD_PAYLOAD, str(exc)[:200])
-    if set(decoded) != set(schema.by_name):
-        return Rejected(R.SHAPE_MISMATCH, "tensor names differ from the schema")
-    tensors: dict[str, np.ndarray] = {}
-    for spec in schema.specs:
-        array = decoded[spec.name]
-        if array.shape != spec.shape or array.dtype != np.dtype(spec.dtype):
-            return Rejected(
-                R.SHAPE_MISMATCH,
-                f"{spec.name}: {array.dtype}{list(array.shape)}, expected {spec.dtype}{list(spec.shape)}",
-            )
+    tensors = _decode(payload, schema)
+    if isinstance(tensors, Rejected):
+        return tensors
+    for name, array in tensors.items():
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            return Rejected(R.NON_FINITE, f"{spec.name} has NaN or inf")
-        tensors[spec.name] = array
+            return Rejected(R.NON_FINITE, f"{name} has NaN or inf")
     return Accepted(
         sender=header.sender,
         round=header.round,
