@@ -101,7 +101,7 @@ def experiment(
 
     \b
     Examples:
-      p2pfed experiment                                   (the full default grid: ~32 min on 2 cores)
+      p2pfed experiment                                   (the full default grid: ~36 min on 2 cores)
       p2pfed experiment --attacks none,ipm,alie --defences mean,bristle --seeds 0,1
       p2pfed experiment --config grid.toml --workers 2 --out runs/my-grid
       p2pfed experiment --list                            (what would run, and what is done)
