@@ -49,6 +49,17 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
     return settings
 
 
+def _parse_params(values: tuple[str, ...], option: str) -> dict[str, dict[str, Any]]:
+    """NAME.KEY=VALUE items -> {name: {key: value}} (values as JSON when they parse, else strings)."""
+    params: dict[str, dict[str, Any]] = {}
+    for item in values:
+        name, dot, rest = item.partition(".")
+        if not dot or "=" not in rest or "=" in name:
+            raise click.BadParameter(f"expected NAME.KEY=VALUE (e.g. alie.z=4), got {item!r}", param_hint=option)
+        params.setdefault(name.strip(), {}).update(_parse_set((rest,)))
+    return params
+
+
 @click.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML file with a [base] table (simulation settings) and a [grid] table "
@@ -76,6 +87,10 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--task", help="'trec', 'sms-spam' or a .jsonl data file. [default: trec]")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other [base] setting, e.g. --set val_fraction=0.2 --set lora_rank=4 (repeatable).")
+@click.option("--attack-param", "attack_params", multiple=True, metavar="ATTACK.KEY=VALUE",
+              help="A parameter of one attack in every cell, e.g. --attack-param alie.z=4 (repeatable).")
+@click.option("--defence-param", "defence_params", multiple=True, metavar="DEFENCE.KEY=VALUE",
+              help="A parameter of one defence, e.g. --defence-param trimmed_mean.trim=0.2 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report directory. If it holds an experiment.toml from an earlier run, that is the grid "
                    "(flags override it), so `--out DIR` alone resumes DIR. [default: "
@@ -88,7 +103,7 @@ def experiment(
     seeds: str | None, workers: int | None, peers: int | None, rounds: int | None, local_steps: int | None,
     gossip_steps: int | None, rho: float | None, lr: float | None, topology: str | None, degree: int | None,
     partition: str | None, alpha: float | None, model: str | None, task: str | None,
-    settings: tuple[str, ...], out: Path | None, keep_runs: bool, list_only: bool, report_only: bool,
+    settings: tuple[str, ...], attack_params: tuple[str, ...], defence_params: tuple[str, ...], out: Path | None, keep_runs: bool, list_only: bool, report_only: bool,
 ) -> None:
     """Run a grid of simulations and write a report comparing defences under attacks.
 
@@ -103,6 +118,7 @@ def experiment(
     Examples:
       p2pfed experiment                                   (the full default grid: ~36 min on 2 cores)
       p2pfed experiment --attacks none,ipm,alie --defences mean,bristle --seeds 0,1
+      p2pfed experiment --attacks alie --defences mean,bristle --attack-param alie.z=4
       p2pfed experiment --config grid.toml --workers 2 --out runs/my-grid
       p2pfed experiment --list                            (what would run, and what is done)
     """
@@ -129,6 +145,10 @@ def experiment(
         "seeds": _numbers(seeds, "--seeds"), "workers": workers,
     }
     grid.update({k: v for k, v in axes.items() if v is not None})
+    for table, values, option in (("attack_params", attack_params, "--attack-param"),
+                                  ("defence_params", defence_params, "--defence-param")):
+        for name, params in _parse_params(values, option).items():
+            grid[table] = {**grid.get(table, {}), name: {**grid.get(table, {}).get(name, {}), **params}}
     cfg = experiment_from_mapping({**data, "base": base, "grid": grid}, source=source)
     cells = cfg.cells()
     out = out or Path("runs") / f"experiment-{cfg.digest()}"

@@ -66,3 +66,17 @@ def test_out_alone_finds_the_grid_of_its_directory(tmp_path: Path) -> None:
     code, out = invoke("--out", str(tmp_path), "--list")
     assert code == 0, out
     assert "8 cells, 5 to run" in out and out.count("      ok  ") == 3
+
+
+def test_attack_params_from_flags_reach_the_cells_and_bad_ones_are_clear(tmp_path: Path) -> None:
+    def listed(*extra: str) -> str:
+        code, out = invoke("--attacks", "alie", "--defences", "mean", "--list", "--out", str(tmp_path), *extra)
+        assert code == 0, out
+        return out
+
+    default, four, eight = listed(), listed("--attack-param", "alie.z=4"), listed("--attack-param", "alie.z=8")
+    assert len({default, four, eight}) == 3  # the parameter is part of every alie cell's identity
+    code, out = invoke("--attacks", "alie", "--list", "--out", str(tmp_path), "--attack-param", "z=4")
+    assert code == 2 and "expected NAME.KEY=VALUE" in out
+    code, out = invoke("--attacks", "alie", "--list", "--out", str(tmp_path), "--attack-param", "alie.zz=4")
+    assert code == 2 and "alie" in out and "Traceback" not in out
