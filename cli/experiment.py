@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,10 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
         except json.JSONDecodeError:
             settings[key.strip().replace("-", "_")] = raw
     return settings
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the grid as Ctrl-C does: workers terminated, results kept
 
 
 def _parse_params(values: tuple[str, ...], option: str) -> dict[str, dict[str, Any]]:
@@ -176,6 +181,7 @@ def experiment(
         f"byzantine {list(cfg.grid.byzantine)} × seeds {list(cfg.grid.seeds)} = {len(cells)} cells of "
         f"{base_cfg.peers} peers, {base_cfg.gossip.rounds} rounds on {base_cfg.learn.task} -> {out}"
     )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_grid(cfg, out, keep_runs=keep_runs)
     except KeyboardInterrupt:
@@ -185,6 +191,8 @@ def experiment(
             err=True,
         )
         raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo(
         f"{result.ran} cells run, {result.skipped} already done, {result.failed} failed"
         f" in {result.wall_seconds:.0f} s"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_experiment_grid import Recorder, small
+from test_experiment_grid import Recorder, fake_summary, small
 
 from p2pfed.cli.main import main
 from p2pfed.sims.grid_runner import RESULTS, run_grid
+from p2pfed.sims.report import load_results
 
 GRID = ["--attacks", "none,ipm", "--defences", "mean,bristle", "--byzantine", "1", "--peers", "6"]
 
@@ -80,3 +83,30 @@ def test_attack_params_from_flags_reach_the_cells_and_bad_ones_are_clear(tmp_pat
     assert code == 2 and "expected NAME.KEY=VALUE" in out
     code, out = invoke("--attacks", "alie", "--list", "--out", str(tmp_path), "--attack-param", "alie.zz=4")
     assert code == 2 and "alie" in out and "Traceback" not in out
+
+
+def test_sigterm_stops_the_grid_like_ctrl_c_keeping_finished_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service manager or `kill` sends SIGTERM: the grid must stop as on Ctrl-C (its workers are
+    terminated, not orphaned), say how to resume, and keep the cells already done."""
+    import p2pfed.sims.grid_runner as grid_runner
+
+    real_run_grid = grid_runner.run_grid
+    ran: list[str] = []
+
+    def run_grid_then_terminated(cfg, out, keep_runs=False):  # type: ignore[no-untyped-def]
+        def runner(cell):  # type: ignore[no-untyped-def]
+            if ran:
+                os.kill(os.getpid(), signal.SIGTERM)
+            ran.append(cell.id)
+            return fake_summary(cell)
+
+        return real_run_grid(cfg, out, runner=runner, progress=False)
+
+    monkeypatch.setattr(grid_runner, "run_grid", run_grid_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    code, out = invoke(*GRID, "--rounds", "2", "--workers", "1", "--out", str(tmp_path))
+    assert code == 130 and "interrupted" in out and "To resume" in out
+    assert [r["status"] for r in load_results(tmp_path / RESULTS)] == ["ok"]
+    assert signal.getsignal(signal.SIGTERM) == before
