@@ -208,7 +208,33 @@ def _run_in_pool(
     queue = deque(todo)
     context = multiprocessing.get_context("spawn")
     with _native_threads(threads):
-        _drain(queue, runner, workers, threads, record, context)
+        while queue:
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
+            inflight: dict[Future[dict[str, Any]], Cell] = {}
+            broken = False
+            try:
+                while inflight or (queue and not broken):
+                    while queue and not broken and len(inflight) < workers:
+                        cell = queue.popleft()
+                        inflight[pool.submit(_execute, runner, cell)] = cell
+                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        cell = inflight.pop(future)
+                        try:
+                            outcome = future.result()
+                        except BrokenProcessPool as exc:
+                            broken = True
+                            outcome = {"status": "error", "error": f"worker process died (out of memory?): {exc}"}
+                        except Exception as exc:  # e.g. a summary that does not pickle
+                            outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+                        record(cell, outcome)
+            except BaseException:
+                # ProcessPoolExecutor cannot cancel running work (before Python 3.14's terminate_workers)
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
 
 
 # Thread-pool sizes that native libraries read once, when they load. numpy's OpenBLAS otherwise starts one
@@ -233,43 +259,6 @@ def _native_threads(threads: int) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _drain(
-    queue: deque[Cell],
-    runner: CellRunner,
-    workers: int,
-    threads: int,
-    record: Callable[[Cell, dict[str, Any]], None],
-    context: multiprocessing.context.SpawnContext,
-) -> None:
-    while queue:
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
-        inflight: dict[Future[dict[str, Any]], Cell] = {}
-        broken = False
-        try:
-            while inflight or (queue and not broken):
-                while queue and not broken and len(inflight) < workers:
-                    cell = queue.popleft()
-                    inflight[pool.submit(_execute, runner, cell)] = cell
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    cell = inflight.pop(future)
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool as exc:
-                        broken = True
-                        outcome = {"status": "error", "error": f"worker process died (out of memory?): {exc}"}
-                    except Exception as exc:  # e.g. a summary that does not pickle
-                        outcome = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-                    record(cell, outcome)
-        except BaseException:
-            # ProcessPoolExecutor cannot cancel running work (before Python 3.14's terminate_workers)
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
 
 
 class ResultsLog:

@@ -79,6 +79,10 @@ class _StepBuffer:
     invalid: set[str] = field(default_factory=set)  # sent something that failed verification
     answered: set[str] = field(default_factory=set)  # sent something unusable (invalid or stale) instead
 
+    def settled(self, sender: str) -> bool:
+        """Whether `sender` has sent what it will send for this step: an update, an equivocation, or junk."""
+        return sender in self.updates or sender in self.equivocated or sender in self.answered
+
 
 class Peer:
     def __init__(
@@ -264,8 +268,7 @@ class Peer:
             while True:
                 arrival = self._arrival
                 buffer = self._buffers.get((rnd, step))
-                settled = set() if buffer is None else set(buffer.updates) | buffer.equivocated | buffer.answered
-                if all(n in settled for n in expected):
+                if all(buffer is not None and buffer.settled(n) for n in expected):
                     return
                 ahead = self.network_round()
                 if ahead is not None and ahead > rnd + self.gossip.round_window:
@@ -358,11 +361,11 @@ class Peer:
         if not isinstance(verdict, Accepted):
             self._reject(delivery.remote, verdict.reason.value, verdict.detail)
             if delivery.remote in self.neighbour_degrees:
-                # An honest neighbour sends one valid update per step: whatever it sent instead answers
-                # the step (no waiting out the deadline for a replayer); only non-late junk costs reputation.
+                # An honest neighbour sends one valid update per step: whatever it sent instead answers one
+                # of its steps (no waiting out the deadline for a replayer); only non-late junk costs reputation.
                 self._unanswered_step(delivery.remote).answered.add(delivery.remote)
                 if verdict.reason not in (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND):
-                    self._buffers.setdefault((self.round, self.step), _StepBuffer()).invalid.add(delivery.remote)
+                    self._current_step().invalid.add(delivery.remote)
                 self._notify_arrival()
             return
         if not self._is_neighbour(verdict.sender):
@@ -408,8 +411,11 @@ class Peer:
         steps = self.gossip.gossip_steps
         for position in range(self.round * steps + self.step, (self.round + 2) * steps):
             buffer = self._buffers.setdefault(divmod(position, steps), _StepBuffer())
-            if sender not in buffer.updates and sender not in buffer.answered and sender not in buffer.equivocated:
+            if not buffer.settled(sender):
                 return buffer
+        return self._current_step()
+
+    def _current_step(self) -> _StepBuffer:
         return self._buffers.setdefault((self.round, self.step), _StepBuffer())
 
     async def _defend_and_mix(self, rnd: int, step: int) -> list[Verdict]:
