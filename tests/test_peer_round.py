@@ -14,6 +14,7 @@ import trio.testing
 from fakes import FakeLocal
 
 from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
+from p2pfed.attacks.model_poisoning import GaussianNoise
 from p2pfed.config import GossipConfig
 from p2pfed.net.memory import MemoryNetwork
 from p2pfed.peer.checkpoint import load_checkpoint
@@ -283,3 +284,29 @@ def test_a_repeat_from_a_neighbour_ahead_of_us_answers_its_next_step() -> None:
     run(net, 1, before=send_twice)
     assert victim.rejections == {"duplicate": 1}
     assert finished and finished[0] < TIMEOUT  # peer 2, the silent peer's other neighbour, waits 2 deadlines
+
+
+class RecordingNoise(GaussianNoise):
+    """The Gaussian attack, remembering what it sent to whom."""
+
+    def __init__(self) -> None:
+        super().__init__(sigma=1.0)
+        self.sent: dict[tuple[int, int, str], np.ndarray] = {}
+
+    def outgoing(self, ctx: AttackContext) -> Outgoing:
+        message = super().outgoing(ctx)
+        assert message.vector is not None
+        self.sent[(ctx.round, ctx.step, ctx.recipient)] = message.vector - ctx.own
+        return message
+
+
+def test_a_gaussian_attacker_sends_fresh_noise_to_each_recipient_and_the_same_under_the_same_seed() -> None:
+    draws = []
+    for _ in range(2):
+        attacker = RecordingNoise()
+        run(build(6, behaviours={0: attacker}, rounds=1, q=1), 1)
+        draws.append(attacker.sent)
+    (first, second), rest = sorted(draws[0]), draws[1]
+    assert first[:2] == second[:2] and first[2] != second[2]  # one step, the attacker's two ring neighbours
+    assert not np.allclose(draws[0][first], draws[0][second])  # each recipient gets its own noise
+    assert all(np.array_equal(draws[0][k], rest[k]) for k in draws[0])  # and the same again under the seed

@@ -7,6 +7,7 @@ capacity limiter, so gossip keeps flowing while a peer trains.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter, deque
@@ -50,6 +51,11 @@ BlockingRunner = Callable[..., Awaitable[Any]]
 
 TENSOR = "adapter"  # the single tensor name of the flat vector in an envelope's payload
 FAR_FUTURE = 1_000_000  # rounds ahead whose signed updates still count as evidence of the network's round
+
+
+def recipient_key(peer_id: str) -> int:
+    """A stable 64-bit integer per peer ID (the same in every process), for per-recipient seeds."""
+    return int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:8], "little")
 
 
 @dataclass(frozen=True)
@@ -299,7 +305,7 @@ class Peer:
                     honest_seen=honest_seen,
                     sent_history=tuple(self._sent),
                     received_history=tuple(self._received),
-                    rng=self.rng(rnd, step + 1, len(to)),
+                    rng=self.rng(rnd, step + 1, recipient_key(to)),
                 )
                 message = self.behaviour.outgoing(context)
                 if message is not None:
