@@ -310,3 +310,26 @@ def test_a_gaussian_attacker_sends_fresh_noise_to_each_recipient_and_the_same_un
     assert first[:2] == second[:2] and first[2] != second[2]  # one step, the attacker's two ring neighbours
     assert not np.allclose(draws[0][first], draws[0][second])  # each recipient gets its own noise
     assert all(np.array_equal(draws[0][k], rest[k]) for k in draws[0])  # and the same again under the seed
+
+
+def test_the_defence_sees_where_our_round_started_and_where_our_own_training_took_us() -> None:
+    seen: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    class Recording(Mean):
+        def __call__(self, inp):  # type: ignore[no-untyped-def]
+            assert inp.anchor is not None and inp.trained is not None
+            seen.append((inp.round, inp.anchor.copy(), inp.trained.copy()))
+            return super().__call__(inp)
+
+    net = build(4, rounds=2, q=2)
+    peer = net.peers[0]
+    peer.defence = Recording()
+    run(net, 2)
+    target = peer.local.target  # FakeLocal trains halfway to its target
+    first = [s for s in seen if s[0] == 0]
+    assert len(first) == 2  # both gossip steps of round 0 see the same evidence
+    np.testing.assert_allclose(first[0][1], np.ones(DIM))  # round 0 starts at the initial vector
+    np.testing.assert_allclose(first[0][2], 0.5 * (np.ones(DIM) + target), rtol=1e-6)
+    second = [s for s in seen if s[0] == 1][0]
+    assert not np.allclose(second[1], first[0][2])  # round 1 starts where mixing left us, not where we trained
+    np.testing.assert_allclose(second[2], 0.5 * (second[1] + target), rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,8 @@ from p2pfed.robust.bristle import (
     offsets_and_gram,
     prioritize,
 )
-from p2pfed.types import DefenceResult, Outcome
+from p2pfed.robust.reputation import ReputationTable
+from p2pfed.types import DefenceResult, Outcome, Verdict
 
 D = 8
 TRUSTED = 0.9
@@ -440,3 +442,41 @@ def test_prioritizer_rest_and_exploration_as_with_set_differences(seed: int) -> 
     explored = np.random.default_rng(seed).choice(others, size=min(2, others.size), replace=False)
     assert kept.tolist() == near.tolist() + sorted(explored.tolist())
     assert rest.tolist() == np.setdiff1d(others, explored, assume_unique=True).tolist()
+
+
+def with_update(inp: DefenceInput, anchor: np.ndarray, trained: np.ndarray) -> DefenceInput:
+    return dataclasses.replace(
+        inp, anchor=anchor.astype(np.float32), trained=trained.astype(np.float32)
+    )
+
+
+def test_a_candidate_pushing_us_further_along_our_own_update_is_dropped() -> None:
+    # We trained from the origin to e0 (u = 1). Honest neighbours trained from the origin elsewhere;
+    # a dissensus vector sits beyond us along our own update, opposite the honest ones.
+    anchor, trained = np.zeros(D), np.eye(D)[0]
+    received = np.vstack([np.eye(D)[1], np.eye(D)[2], trained + 1.5 * (trained - np.eye(D)[1])])
+    inp = with_update(make_input(received, own=trained), anchor, trained)
+    verdicts = by_sender(Bristle()(inp))
+    assert verdicts["p2"][:2] == (Outcome.DROPPED, reasons.AMPLIFIES)
+    assert verdicts["p0"][0] is Outcome.KEPT and verdicts["p1"][0] is Outcome.KEPT
+
+
+def test_a_neighbour_that_trained_the_same_way_is_not_taken_for_an_amplifier() -> None:
+    # IID neighbours: about our update, a little longer or shorter; within amplify_limit of it.
+    anchor, trained = np.zeros(D), np.eye(D)[0]
+    received = np.vstack([1.3 * trained, 0.7 * trained + 0.2 * np.eye(D)[1]])
+    inp = with_update(make_input(received, own=trained), anchor, trained)
+    assert all(v.outcome is Outcome.KEPT for v in Bristle()(inp).verdicts)
+
+
+def test_without_our_own_update_nothing_is_dropped_as_amplifying() -> None:
+    received = np.vstack([honest(3), 3 * np.ones((1, D))])
+    out = Bristle()(make_input(received))
+    assert all(v.reason != reasons.AMPLIFIES for v in out.verdicts)
+
+
+def test_amplifying_drops_cost_reputation_like_worse_ones() -> None:
+    table = ReputationTable()
+    table.update([Verdict("a", Outcome.DROPPED, reason=reasons.AMPLIFIES)], round=0)
+    table.update([Verdict("w", Outcome.DROPPED, reason=reasons.WORSE)], round=0)
+    assert table.score("a") == table.score("w") < table.config.prior

@@ -158,6 +158,8 @@ class Peer:
         self.neighbourhood = neighbourhood  # a live network's neighbour set; refreshed every round
         self._adopt = adopt_neighbours  # next mix ignores our own vector (late joiner, or far behind)
         self._latest_round: dict[str, int] = {}  # newest round each neighbour signed an update for
+        self._anchor: FloatVector | None = None  # our vector at the start of this round
+        self._trained: FloatVector | None = None  # our vector right after this round's local training
 
     @property
     def peer_id(self) -> str:
@@ -215,7 +217,9 @@ class Peer:
         started = time.perf_counter()
         self.step = 0
         sent0, received0 = self._bytes_sent, self._bytes_received
+        anchor = self.vector
         self.vector, train_loss = await self._blocking(self.local.train, self.vector, self.rng(rnd, 0))
+        self._anchor, self._trained = anchor, self.vector  # our own evidence, for the defence
         outcomes: Counter[str] = Counter()
         for step in range(self.gossip.gossip_steps):
             verdicts = await self.gossip_step(rnd, step)
@@ -306,8 +310,15 @@ class Peer:
                     sent_history=tuple(self._sent),
                     received_history=tuple(self._received),
                     rng=self.rng(rnd, step + 1, recipient_key(to)),
+                    defence=self.defence,
+                    evaluate=self.local.validation_scores,
+                    anchor=self._anchor,
+                    collusion=self.collusion,
                 )
-                message = self.behaviour.outgoing(context)
+                if self.behaviour.uses_model:  # it scores vectors: behind the compute limiter
+                    message = await self._blocking(self.behaviour.outgoing, context)
+                else:
+                    message = self.behaviour.outgoing(context)
                 if message is not None:
                     nursery.start_soon(self._send_one, to, await self._encode(rnd, step, message))
 
@@ -430,8 +441,10 @@ class Peer:
         # only this step's neighbours are mixed: one that connected mid-step joins at the next step
         arrived = sorted(s for s in buffer.updates if s not in quarantined and s in self.neighbour_degrees)
         self_weight, weights = metropolis_row(len(self.neighbour_degrees), self.neighbour_degrees)
-        if self._adopt and arrived:
+        anchor, trained = self._anchor, self._trained
+        if self._adopt and arrived:  # far behind: take the neighbours' vectors, whatever our own update says
             self_weight, self._adopt = 0.0, False
+            anchor = trained = None
         inp = DefenceInput(
             own=self.vector,
             received=(
@@ -445,6 +458,8 @@ class Peer:
             evaluate=self.local.validation_scores,
             rng=self.rng(rnd, step + 1, 7),
             round=rnd,
+            anchor=anchor,
+            trained=trained,
         )
         result = await self._blocking(self.defence, inp)
         self.vector = result.mixed.astype(np.float32, copy=False)

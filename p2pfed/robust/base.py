@@ -28,6 +28,16 @@ class DefenceInput:
     evaluate: Evaluator | None  # None when no validation data is available (baselines ignore it)
     rng: np.random.Generator  # seeded per (peer, round, step)
     round: int = 0  # the current round; time-dependent rules (BALANCE) use it
+    # The peer's own evidence, which no neighbour sets (Bristle scales its bound and its reference by it):
+    anchor: FloatVector | None = None  # our vector at the start of this round, before local training
+    trained: FloatVector | None = None  # our vector right after this round's local training
+
+    @property
+    def local_update(self) -> FloatVector | None:
+        """trained − anchor: where our own data moved us this round (None without both)."""
+        if self.anchor is None or self.trained is None:
+            return None
+        return np.subtract(self.trained, self.anchor, dtype=np.float32)
 
 
 class Defence(Protocol):

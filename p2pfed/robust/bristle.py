@@ -3,6 +3,13 @@
 One gossip step of an honest peer i, on what arrived from its neighbours:
 
 1. **Reputation gate.** Senders whose reputation is below `quarantine_below` are QUARANTINED.
+   **Amplify rule** (own evidence: needs the round's `anchor` and `trained` vectors). A candidate whose pull
+   x_j − x_i has a component of more than `amplify_limit` · u along our own local update û (u its length)
+   is DROPPED ("amplifies our update"): a neighbour may undo part of what our own data taught us this
+   round — that is consensus — but it knows nothing about our data that we do not, so pushing us further
+   the same way is no evidence of anything. Honest neighbours that trained from about where we started
+   pull back; dissensus (He, Karimireddy & Jaggi, 2022), which pushes each peer away from consensus, does
+   not. No neighbour sets u or û.
 2. **Distance prioritizer** (cheap, O(n·d)). Rank candidates by ‖x_j − x_i‖; keep the `keep` nearest, except
    those beyond `far_factor` × the lower-median distance; then draw `explore` of the rest at random, so
    that a useful but different (non-IID) peer is not starved. Everyone else is DROPPED ("far").
@@ -299,6 +306,11 @@ class Bristle:
     # kept vectors closer to each other than this × the lower-median candidate distance are one group,
     # weighted as a single neighbour (honest non-IID vectors are ~1× apart; colluders' copies ~0×)
     duplicate_factor: float = 0.05
+    # u = ‖our vector after this round's local training − before‖ (own evidence, `DefenceInput.anchor` and
+    # `.trained`). A candidate x_j with (x_j − x_i)·û > this × u would push us further where our own data
+    # already took us; honest neighbours that trained from about where we started pull us back (≤ 0, up to
+    # what gossip has not yet averaged out). Dissensus, which pushes each peer away from consensus, does not.
+    amplify_limit: float = 0.5
     new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
     newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
     newcomer_cap: float = 0.5  # ... and get at most this share of a mix with established peers
@@ -315,7 +327,10 @@ class Bristle:
             verdicts[i] = Verdict(
                 inp.senders[i], Outcome.QUARANTINED, score=float(rep[i]), reason="reputation"
             )
-        candidates = np.flatnonzero(rep >= self.quarantine_below)
+        amplifies = self.amplifies(inp)
+        for i in np.flatnonzero(amplifies & (rep >= self.quarantine_below)).tolist():
+            verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, reason=reasons.AMPLIFIES)
+        candidates = np.flatnonzero((rep >= self.quarantine_below) & ~amplifies)
 
         vectors = inp.received if candidates.size == n else inp.received[candidates]
         offsets, gram = offsets_and_gram(vectors, inp.own)
@@ -367,6 +382,18 @@ class Bristle:
                 weights[0],
             )
         return result(mixed, [verdicts[i] for i in range(n)], invalid)
+
+    def amplifies(self, inp: DefenceInput) -> npt.NDArray[np.bool_]:
+        """Which candidates would push us further along our own local update û = (trained − anchor) / u,
+        u = ‖trained − anchor‖, by more than `amplify_limit` · u. All False without that evidence."""
+        update = inp.local_update
+        n = len(inp.senders)
+        length = float(np.linalg.norm(update)) if update is not None else 0.0
+        if update is None or not (length > 0 and np.isfinite(length)) or n == 0:
+            return np.zeros(n, dtype=bool)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow (a hostile huge vector): NaN drops it
+            along = (inp.received @ update - float(inp.own @ update)) / length**2
+        return np.nan_to_num(along, nan=np.inf) > self.amplify_limit
 
     def _evaluate(
         self, evaluate: Evaluator, own: FloatVector, received: FloatMatrix, kept: Indices

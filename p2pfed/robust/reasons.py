@@ -9,3 +9,4 @@ NON_FINITE = "non-finite values"  # NaN or inf in the vector
 TRIMMED = "trimmed"  # a coordinate-wise rule never used its values
 NOT_SELECTED = "not selected"  # Krum / Multi-Krum / BALANCE rejected it
 CLIPPED = "clipped"  # kept, but its difference to our vector was clipped
+AMPLIFIES = "amplifies our update"  # would push us further along our own local update (Bristle)

@@ -7,6 +7,7 @@ influence. The update rule, per verdict, with the defaults of `ReputationConfig`
     KEPT                    s ← s + gain · (1 − s)                      (gain 0.05)
     DROPPED "harmful on validation"   s ← s − harm_penalty · s          (0.15)
     DROPPED "worse on validation"     s ← s − worse_penalty · s         (0.03: honest peers, now and then)
+    DROPPED "amplifies our update"    the same
     DROPPED, any other reason         s ← s − weak_penalty · s          (0.01: far, trimmed, not selected:
                                                                           non-IID peers often are)
     MISSING                 s ← s + missing_rate · (prior − s)          (0.02)
@@ -146,7 +147,11 @@ class ReputationTable:
 
     def _penalty(self, reason: str) -> float:
         c = self.config
-        return {reasons.HARMFUL: c.harm_penalty, reasons.WORSE: c.worse_penalty}.get(
+        return {
+            reasons.HARMFUL: c.harm_penalty,
+            reasons.WORSE: c.worse_penalty,
+            reasons.AMPLIFIES: c.worse_penalty,
+        }.get(
             reason, c.weak_penalty
         )
 
