@@ -4,17 +4,21 @@ A Byzantine peer runs the same `Peer` round loop as an honest one; only these ho
 - `poison_labels`: data-level attacks, applied once to the peer's local training labels;
 - `outgoing`: what to send to one recipient in one gossip step (model- and network-level attacks);
 - `waits_for_honest`: if True, the peer first collects this step's updates from its neighbours (and, when
-  colluding, the other attackers' observations), so that omniscient attacks can use them.
+  colluding, the other attackers' observations), so that omniscient attacks can use them;
+- `uses_model`: if True, `outgoing` calls the model (`ctx.evaluate`) and so runs in the peer's worker
+  thread, behind the same compute limiter as training (white-box attacks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from p2pfed.robust.base import Defence, Evaluator
 from p2pfed.types import FloatMatrix, FloatVector
 
 
@@ -23,6 +27,7 @@ class Collusion:
     """A board shared by colluding attackers in one simulation: the honest vectors any of them received."""
 
     honest: dict[tuple[int, int], dict[str, FloatVector]] = field(default_factory=dict)
+    shared: dict[Hashable, Any] = field(default_factory=dict)  # what one colluder computed for all
 
     def post(self, round: int, step: int, vectors: dict[str, FloatVector]) -> None:
         self.honest.setdefault((round, step), {}).update(vectors)
@@ -57,6 +62,12 @@ class AttackContext:
     sent_history: Sequence[tuple[int, int, bytes]]  # (round, step, envelope) this peer sent before
     received_history: Sequence[tuple[int, int, str, FloatVector]]  # (round, step, sender, vector) received before
     rng: np.random.Generator
+    # white-box knowledge: the defence the honest peers run, this attacker's own validation scores (a
+    # stand-in for its victims' data), and the Collusion board (shared computations)
+    defence: Defence | None = None
+    evaluate: Evaluator | None = None
+    anchor: FloatVector | None = None  # this attacker's vector at the start of the round
+    collusion: Collusion | None = None
 
 
 class Behaviour:
@@ -64,6 +75,7 @@ class Behaviour:
 
     name = "honest"
     waits_for_honest = False
+    uses_model = False
 
     def poison_labels(
         self, labels: npt.NDArray[np.int64], num_classes: int, rng: np.random.Generator

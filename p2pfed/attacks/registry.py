@@ -12,6 +12,7 @@ from p2pfed.attacks.dissensus import Dissensus
 from p2pfed.attacks.model_poisoning import ALIE, IPM, GaussianNoise, SignFlip
 from p2pfed.attacks.network import FreeRider, Replay
 from p2pfed.attacks.sybil import SybilGroup
+from p2pfed.attacks.whitebox import WhiteBox
 from p2pfed.errors import ConfigError
 from p2pfed.robust.registry import import_attr
 
@@ -26,6 +27,7 @@ ATTACKS: dict[str, Callable[..., Behaviour]] = {
     "free_rider": FreeRider,
     "replay": Replay,
     "adaptive": DefenceAware,
+    "whitebox": WhiteBox,
 }
 # special: load_behaviour("sybil", count=k, inner="ipm", **inner_params) gives k members of one group
 SYBIL = "sybil"
