@@ -186,3 +186,11 @@ def test_targeted_ties_go_to_the_smallest_peer_id() -> None:
         attacker.outgoing(ctx(recipient=to))
     assert sent(attacker, ctx(round=1, recipient="pa"))[0] == -1.0
     assert attacker.waits_for_honest is False  # follows the inner attack
+
+
+def test_targeted_follows_a_patient_inner_attack_in_waiting() -> None:
+    attacker = Targeted(Patient(IPM(), strike_round=1), victim="v")
+    assert not attacker.waits_for_honest
+    attacker.outgoing(ctx(recipient="v"))
+    attacker.outgoing(ctx(round=1, recipient="v"))
+    assert attacker.waits_for_honest

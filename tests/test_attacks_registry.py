@@ -129,6 +129,7 @@ class ModelLoadReached(Exception):
         ("mimic", ["warmup=2"]),
         ("patient", ["strike_round=1", "inner=min_max", "inner.perturbation=sign"]),
         ("targeted", ["victim=0", "inner=ipm", "inner.epsilon=0.5"]),
+        ("patient", ["inner=targeted", "inner.inner=mimic", "inner.inner.warmup=2"]),
     ],
 )
 def test_sim_accepts_the_new_attacks(

@@ -103,6 +103,12 @@ class Targeted(Behaviour):
         return self.board.fix_victim() if ctx.round >= 1 else None
 
     def outgoing(self, ctx: AttackContext) -> Outgoing | None:
-        if ctx.recipient == self.target(ctx):
-            return self.inner.outgoing(ctx)
-        return Outgoing(vector=ctx.own)
+        message = (
+            self.inner.outgoing(ctx)
+            if ctx.recipient == self.target(ctx)
+            else Outgoing(vector=ctx.own)
+        )
+        self.waits_for_honest = (
+            self.inner.waits_for_honest
+        )  # a patient inner attack changes its own
+        return message
