@@ -74,6 +74,14 @@ def test_min_max_goes_as_far_as_the_farthest_honest_pair_allows(kind: str) -> No
     assert farthest == pytest.approx(4 * math.sqrt(2), rel=1e-6)
 
 
+def test_in_spread_attacks_craft_once_per_step_for_every_recipient() -> None:
+    attacker = MinMax()
+    first = sent(attacker, ctx(honest_seen=CORNERS, recipient="a"))
+    assert sent(attacker, ctx(honest_seen=CORNERS, recipient="b")) is first
+    later = sent(attacker, ctx(step=1, honest_seen=CORNERS + 1))
+    np.testing.assert_allclose(later, first + 1, rtol=1e-6)  # the spread moved by (1, 1)
+
+
 def test_min_max_gamma_is_in_units_of_the_perturbation() -> None:
     # the same corners halved: x = (1 − √3)(1, 1); p_std = −(2/√3)(1, 1), μ = (2/3)(1, 1)
     _, gamma = MinMax(perturbation="std").craft(CORNERS.astype(np.float64) / 2)

@@ -101,6 +101,8 @@ class _AgrAgnostic(Behaviour):
         self.perturbation = perturbation
         self.gamma_max = gamma_max
         self.iters = iters
+        # the message of this step for every recipient: the same object, so the peer seals it once
+        self._last: tuple[tuple[int, int], object, npt.NDArray[np.float32]] | None = None
 
     def craft(self, honest: Floats) -> tuple[Floats, float]:
         direction = perturbation(honest, self.perturbation)
@@ -110,8 +112,18 @@ class _AgrAgnostic(Behaviour):
         raise NotImplementedError
 
     def outgoing(self, ctx: AttackContext) -> Outgoing:
+        step = (ctx.round, ctx.step)
+        last = self._last
+        if (
+            last is not None
+            and last[0] == step
+            and ctx.honest_seen is not None
+            and last[1] is ctx.honest_seen
+        ):
+            return Outgoing(vector=last[2])
         vector, _ = self.craft(honest_vectors(ctx))
-        return Outgoing(vector=vector.astype(np.float32))
+        self._last = (step, ctx.honest_seen, vector.astype(np.float32))
+        return Outgoing(vector=self._last[2])
 
 
 class MinMax(_AgrAgnostic):
