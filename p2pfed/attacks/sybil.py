@@ -38,6 +38,7 @@ class SybilMember(Behaviour):
         self.group = group
         self.index = index
         self.waits_for_honest = group.inner.waits_for_honest
+        self.uses_model = group.inner.uses_model
 
     def poison_labels(
         self, labels: npt.NDArray[np.int64], num_classes: int, rng: np.random.Generator

@@ -1,0 +1,23 @@
+"""Checks shared by the attacks that wrap an inner attack (patient, targeted)."""
+
+from __future__ import annotations
+
+from p2pfed.attacks.base import Behaviour
+from p2pfed.attacks.sybil import SybilMember
+
+
+def poisons_labels(behaviour: Behaviour) -> bool:
+    """Whether `behaviour` changes its training labels (a Sybil member: whether its group's attack does)."""
+    if isinstance(behaviour, SybilMember):
+        return poisons_labels(behaviour.group.inner)
+    return type(behaviour).poison_labels is not Behaviour.poison_labels
+
+
+def refuse_label_poisoning(inner: Behaviour, wrapper: str) -> None:
+    """Labels are poisoned once, before round 0, for every recipient: a wrapper that must behave honestly
+    for some rounds or toward some peers cannot carry a data-poisoning attack."""
+    if poisons_labels(inner):
+        raise ValueError(
+            f"{wrapper} wraps model-level attacks only: {inner.name!r} poisons its training labels, "
+            "which happens once before round 0 and for every recipient"
+        )
