@@ -159,5 +159,11 @@ def _print_table(summary: dict) -> None:  # type: ignore[type-arg]
         click.echo(f"Byzantine peers (excluded above): {summary['byzantine_peers']} ({summary['attack']})")
     click.echo(
         f"final honest accuracy {final['honest_accuracy_mean']:.4f} ± {final['honest_accuracy_std']:.4f}"
-        f"  in {summary['wall_seconds']:.0f} s"
+        f", worst honest peer {final['honest_accuracy_min']:.4f}  in {summary['wall_seconds']:.0f} s"
     )
+    baseline = final.get("majority_baseline")
+    if baseline is not None and final["honest_accuracy_min"] < baseline:
+        click.echo(
+            f"warning: an honest peer ends below the majority-class baseline ({baseline:.4f}, always answering"
+            " the most common class); see metrics.jsonl for which"
+        )

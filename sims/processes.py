@@ -164,6 +164,7 @@ def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float) -> SimR
             "round": final.get("round"),
             "honest_accuracy_mean": final.get("honest_accuracy_mean"),
             "honest_accuracy_std": final.get("honest_accuracy_std"),
+            "honest_accuracy_min": final.get("honest_accuracy_min"),
             "consensus_distance": consensus,
         },
         "curve": [{**c, "consensus_distance": consensus if c is curve[-1] else float("nan")} for c in curve],

@@ -39,6 +39,13 @@ class CellStats:
     sd: float  # sample sd over seeds; with one seed, the sd over that run's honest peers
     seeds: int
     curve: tuple[tuple[int, float], ...]  # (round, honest accuracy mean over seeds)
+    worst: float | None = None  # the worst honest peer's final accuracy, over every seed (None: not recorded)
+    majority_baseline: float | None = None  # accuracy of always answering the test set's most common class
+
+    @property
+    def fails_baseline(self) -> bool:
+        """Some honest peer ended below the majority-class baseline: a failure, whatever the mean."""
+        return self.worst is not None and self.majority_baseline is not None and self.worst < self.majority_baseline
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,16 @@ def _stats(group: list[dict[str, Any]]) -> CellStats:
         for point in r.get("curve", []):
             by_round[int(point["round"])].append(float(point["honest_accuracy_mean"]))
     curve = tuple((rnd, float(np.mean(v))) for rnd, v in sorted(by_round.items()))
-    return CellStats(mean=float(np.mean(finals)), sd=sd, seeds=len(finals), curve=curve)
+    worsts = [float(w) for r in group if (w := r["final"].get("honest_accuracy_min")) is not None]
+    baselines = [float(b) for r in group if (b := r["final"].get("majority_baseline")) is not None]
+    return CellStats(
+        mean=float(np.mean(finals)),
+        sd=sd,
+        seeds=len(finals),
+        curve=curve,
+        worst=min(worsts) if len(worsts) == len(group) else None,
+        majority_baseline=max(baselines) if baselines else None,
+    )
 
 
 # -- report.md -------------------------------------------------------------------------------------
@@ -148,9 +164,48 @@ def accuracy_table(table: GridTable) -> str:
         for defence in table.defences:
             s = table.get(row, defence)
             text = "—" if s is None else f"{_pct(s.mean)} ± {_pct(s.sd)}"
-            cells.append(f"**{text}**" if defence in best else text)
+            text = f"**{text}**" if defence in best else text
+            cells.append(f"{text} {BELOW_MARK}" if s is not None and s.fails_baseline else text)
         lines.append(f"| {table.label(row)} | " + " | ".join(cells) + f" | {', '.join(sorted(best))} |")
     return "\n".join(lines)
+
+
+BELOW_MARK = "⚠"  # some honest peer ended below the majority-class baseline
+
+
+def worst_table(table: GridTable) -> str:
+    """The worst honest peer's final accuracy per cell (lowest over seeds); ⚠ below the baseline."""
+    head = ["attack", *table.defences]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows:
+        cells = []
+        for defence in table.defences:
+            s = table.get(row, defence)
+            if s is None or s.worst is None:
+                cells.append("—")
+            else:
+                cells.append(_pct(s.worst) + (f" {BELOW_MARK}" if s.fails_baseline else ""))
+        lines.append(f"| {table.label(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def baseline_summary(table: GridTable) -> str | None:
+    """One sentence: the majority-class baseline and the cells where an honest peer ends below it."""
+    baselines = {s.majority_baseline for s in table.stats.values() if s.majority_baseline is not None}
+    if not baselines:
+        return None
+    failing = [
+        f"{table.label(row)}/{defence}"
+        for row in table.rows
+        for defence in table.defences
+        if (s := table.get(row, defence)) is not None and s.fails_baseline
+    ]
+    text = (
+        f"Majority-class baseline (always answering the test set's most common class): {_pct(max(baselines))}%. "
+    )
+    if failing:
+        return text + f"{BELOW_MARK} An honest peer ends below it in {len(failing)} cell(s): {', '.join(failing)}."
+    return text + "Every honest peer ends above it in every cell."
 
 
 def drop_table(table: GridTable) -> str:
@@ -207,6 +262,19 @@ def render_markdown(
         "",
         "![final honest accuracy, defence × attack](heatmap.png)",
     ]
+    if any(s.worst is not None for s in table.stats.values()):
+        parts += [
+            "",
+            "## Worst honest peer",
+            "",
+            "Final accuracy of the worst honest peer, in % (the lowest over seeds). A mean can hide a peer the"
+            f" defence left behind; {BELOW_MARK} marks a cell where one ends below the majority-class baseline,"
+            " a failure however good the mean.",
+            "",
+            worst_table(table),
+        ]
+        if (sentence := baseline_summary(table)) is not None:
+            parts += ["", sentence]
     if any(r[0] != ATTACK_FREE for r in table.rows) and any(r[0] == ATTACK_FREE for r in table.rows):
         parts += [
             "",
@@ -276,13 +344,19 @@ def plot_heatmap(table: GridTable, path: Path) -> None:
         for j in range(values.shape[1]):
             v = values[i, j]
             bold = table.defences[i] in table.best(table.rows[j])
-            ax.text(j, i, "—" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=8,
+            cell = table.get(table.rows[j], table.defences[i])
+            mark = "*" if cell is not None and cell.fails_baseline else ""
+            ax.text(j, i, "—" if np.isnan(v) else f"{v:.1f}{mark}", ha="center", va="center", fontsize=8,
                     fontweight="bold" if bold else "normal", color="black")
     ax.set_xticks(range(len(table.rows)), [table.label(r) for r in table.rows], rotation=35, ha="right")
     ax.set_yticks(range(len(table.defences)), list(table.defences))
     ax.set_xlabel("attack")
     ax.set_ylabel("defence")
-    ax.set_title("final honest accuracy (%); bold = best defence per attack", fontsize=9)
+    ax.set_title(
+        "final honest accuracy (%); bold = best defence per attack;"
+        " * = an honest peer ends below the majority-class baseline",
+        fontsize=9,
+    )
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="accuracy (%)")
     fig.tight_layout()
     _save(fig, path)

@@ -210,7 +210,7 @@ async def _simulate(
             nursery.cancel_scope.cancel()
 
     wall = time.perf_counter() - started
-    summary = recorder.summary(wall)
+    summary = recorder.summary(wall, majority_baseline(model))
     if out is not None:
         _write_run_dir(out, cfg, recorder, summary, peers, model)
     return SimResult(summary=summary, rows=recorder.rows, out=out, vectors=[p.vector for p in peers])
@@ -236,6 +236,14 @@ def manifest_of(learn: LearnConfig, *, base_hash: str, task: str, labels: tuple[
         max_tokens=learn.max_tokens,
         seed=learn.seed,
     )
+
+
+def majority_baseline(model: TaskModel) -> float | None:
+    """The accuracy of always answering the test set's most common class (None for instruction data)."""
+    labels = model.test_labels
+    if model.num_classes < 2 or labels.size == 0:
+        return None
+    return float(np.bincount(labels, minlength=model.num_classes).max() / labels.size)
 
 
 def _run_digest(cfg: SimConfig, model: TaskModel) -> bytes:
@@ -310,14 +318,18 @@ class _Recorder:
                 }
             )
 
-    def summary(self, wall: float) -> dict[str, Any]:
+    def summary(self, wall: float, majority_baseline: float | None = None) -> dict[str, Any]:
         final = self.curve[-1] if self.curve else {}
         return {
             "final": {
                 "round": final.get("round"),
                 "honest_accuracy_mean": final.get("honest_accuracy_mean"),
                 "honest_accuracy_std": final.get("honest_accuracy_std"),
+                "honest_accuracy_min": final.get("honest_accuracy_min"),  # the worst honest peer
                 "consensus_distance": final.get("consensus_distance"),
+                # always answering the test set's most common class scores this: an honest peer below it
+                # has learnt nothing useful, whatever the mean says
+                "majority_baseline": majority_baseline,
             },
             "curve": self.curve,
             "byzantine_peers": sorted(self.byzantine),

@@ -111,3 +111,32 @@ def test_the_oracle_is_shown_but_never_the_best(tmp_path: Path) -> None:
     assert "oracle` column is a reference" in text
     drop_section = text.split("## Drop vs no attack")[1]
     assert table_line(drop_section, "ipm") == "| ipm | +56.0 | **+4.0** | +4.0 |"
+
+
+def test_the_worst_honest_peer_is_reported_and_a_peer_below_the_majority_baseline_is_flagged(
+    tmp_path: Path,
+) -> None:
+    """A good mean with one honest peer left at chance is a failure, and the report says so."""
+    rows = grid_rows()
+    for r in rows:
+        r["final"].update(honest_accuracy_min=r["final"]["honest_accuracy_mean"] - 0.05, majority_baseline=0.4)
+    rows[2]["final"]["honest_accuracy_min"] = 0.12  # ipm/bristle seed 0: one peer stuck far below 40 %
+    write_report(rows, tmp_path, attacks=["none", "ipm"], defences=["mean", "bristle"])
+    text = (tmp_path / "report.md").read_text()
+    worst = text.split("## Worst honest peer")[1]
+    # lowest over seeds: ipm/mean min(0.25, 0.35); ipm/bristle min(0.12, 0.85)
+    assert table_line(worst, "ipm") == "| ipm | 25.0 ⚠ | 12.0 ⚠ |"
+    assert table_line(worst, "no attack") == "| no attack | 85.0 | 83.0 |"
+    assert table_line(text, "ipm") == "| ipm | 35.0 ± 7.1 ⚠ | **85.0 ± 7.1** ⚠ | bristle |"
+    assert "baseline (always answering the test set's most common class): 40.0%" in text
+    assert "below it in 2 cell(s): ipm/mean, ipm/bristle" in text
+
+
+def test_cells_without_a_recorded_worst_peer_show_a_dash_not_a_pass(tmp_path: Path) -> None:
+    rows = grid_rows()
+    rows[0]["final"].update(honest_accuracy_min=0.2, majority_baseline=0.4)  # one seed of ipm/mean only
+    for r in rows[2:4]:  # both seeds of ipm/bristle
+        r["final"].update(honest_accuracy_min=0.7, majority_baseline=0.4)
+    write_report(rows, tmp_path, attacks=["none", "ipm"], defences=["mean", "bristle"])
+    worst = (tmp_path / "report.md").read_text().split("## Worst honest peer")[1]
+    assert table_line(worst, "ipm") == "| ipm | — | 70.0 |"

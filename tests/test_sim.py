@@ -47,6 +47,16 @@ def test_a_small_non_iid_network_beats_the_majority_baseline(run_dir: tuple[Path
     assert len(result.summary["curve"]) == 4
 
 
+def test_the_summary_reports_the_worst_honest_peer_and_the_majority_baseline(
+    run_dir: tuple[Path, SimResult],
+) -> None:
+    _, result = run_dir
+    final = result.summary["final"]
+    assert final["majority_baseline"] == pytest.approx(MAJORITY, abs=0.005)
+    assert final["honest_accuracy_min"] == result.summary["curve"][-1]["honest_accuracy_min"]
+    assert final["majority_baseline"] < final["honest_accuracy_min"] <= final["honest_accuracy_mean"]
+
+
 def test_run_directory_has_every_output(run_dir: tuple[Path, SimResult]) -> None:
     out, _ = run_dir
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
