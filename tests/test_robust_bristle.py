@@ -480,3 +480,86 @@ def test_amplifying_drops_cost_reputation_like_worse_ones() -> None:
     table.update([Verdict("a", Outcome.DROPPED, reason=reasons.AMPLIFIES)], round=0)
     table.update([Verdict("w", Outcome.DROPPED, reason=reasons.WORSE)], round=0)
     assert table.score("a") == table.score("w") < table.config.prior
+
+
+# -- the bound (module docstring, "The bound") -------------------------------------------------------
+
+
+def bound_case(seed: int) -> tuple[DefenceInput, float]:
+    """A peer that trained from a consensus at 1 to 1 + its update, four honest neighbours that trained
+    from there too, one Byzantine neighbour "p4" (a placeholder row) trusted more than any honest one, and
+    a validation evaluator that favours a hidden target far from everyone (so validation cannot be relied
+    on to drop the attacker). Returns the input and u = ‖our update‖."""
+    rng = np.random.default_rng(seed)
+    anchor = np.ones(D)
+    trained = anchor + 0.3 * rng.standard_normal(D)
+    received = np.vstack([anchor + 0.3 * rng.standard_normal((4, D)), anchor[None, :]])
+    reputation = {f"p{i}": 0.3 for i in range(4)} | {"p4": 1.0}
+    target = anchor + 50 * rng.standard_normal(D)
+    inp = make_input(received, own=trained, reputation=reputation, evaluate=closeness_to_target(target),
+                     seed=seed)
+    return with_update(inp, anchor, trained), float(np.linalg.norm(trained - anchor))
+
+
+def hostile_vectors(inp: DefenceInput, rng: np.random.Generator) -> list[np.ndarray]:
+    """What the Byzantine neighbour tries: huge, far along every kind of direction, just inside the honest
+    spread, copies of an honest vector, and a sweep of steps along minus our own update."""
+    own, honest_rows = inp.own.astype(np.float64), inp.received[:4].astype(np.float64)
+    update = inp.trained.astype(np.float64) - inp.anchor.astype(np.float64)  # type: ignore[union-attr]
+    tries = [1e6 * rng.standard_normal(D), -1e3 * own, honest_rows[0].copy(), honest_rows.mean(axis=0)]
+    tries += [own + s * rng.standard_normal(D) for s in (0.1, 0.5, 2.0, 10.0)]
+    tries += [own - s * update for s in (0.5, 1.0, 2.0, 5.0, 30.0)]
+    tries += [honest_rows.mean(axis=0) - s * honest_rows.std(axis=0) for s in (1.0, 3.0, 10.0)]
+    return [t.astype(np.float32) for t in tries]
+
+
+def silent(inp: DefenceInput, j: int) -> DefenceInput:
+    """The input had neighbour j sent nothing this step: its Metropolis-Hastings mass stays with us."""
+    keep = [i for i in range(len(inp.senders)) if i != j]
+    weights = inp.mixing_weights.copy()
+    weights[0] += weights[1 + j]
+    return dataclasses.replace(
+        inp,
+        received=inp.received[keep],
+        senders=tuple(inp.senders[i] for i in keep),
+        mixing_weights=np.delete(weights, 1 + j),
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_single_byzantine_neighbour_moves_us_at_most_the_documented_bound(seed: int) -> None:
+    """Whatever neighbour j sends: one step moves us at most (1 − m_ii)·bound_factor·u; j weighs at most
+    max_boost·m_ij; and against j sending nothing we end at most B_ij = 2(1 − m_ii)·bound_factor·u away."""
+    defence = Bristle()
+    base, u = bound_case(seed)
+    m_self, m_j = float(base.mixing_weights[0]), float(base.mixing_weights[5])
+    step_bound = (1 - m_self) * defence.bound_factor * u
+    reference = defence(silent(base, 4)).mixed.astype(np.float64)
+    rng = np.random.default_rng(100 + seed)
+    for vector in hostile_vectors(base, rng):
+        received = base.received.copy()
+        received[4] = vector
+        out = defence(dataclasses.replace(base, received=received))
+        mixed = out.mixed.astype(np.float64)
+        assert np.linalg.norm(mixed - base.own) <= step_bound * (1 + 1e-5)
+        assert out.verdicts[4].weight <= defence.max_boost * m_j + 1e-9
+        assert np.linalg.norm(mixed - reference) <= 2 * step_bound * (1 + 1e-5)
+
+
+def test_a_byzantine_majority_cannot_widen_the_clipping_radius() -> None:
+    """Three of four neighbours send huge vectors that validation favours. In 0.1 their distances set
+    the radius (the lower median), so nothing was clipped; now our own update bounds the step."""
+    rng = np.random.default_rng(7)
+    anchor = np.zeros(D)
+    trained = 0.2 * rng.standard_normal(D)
+    target = 1e3 * np.ones(D)
+    attackers = target[None, :] + rng.standard_normal((3, D))
+    received = np.vstack([anchor + 0.2 * rng.standard_normal((1, D)), attackers])
+    inp = with_update(
+        make_input(received, own=trained, evaluate=closeness_to_target(target)), anchor, trained
+    )
+    u = float(np.linalg.norm(trained))
+    moved = float(np.linalg.norm(Bristle()(inp).mixed - trained))
+    assert moved <= (1 - 1 / 5) * Bristle().bound_factor * u * (1 + 1e-5)
+    no_evidence = dataclasses.replace(inp, anchor=None, trained=None)
+    assert np.linalg.norm(Bristle()(no_evidence).mixed - trained) > 100 * moved  # the 0.1 radius

@@ -41,6 +41,27 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
    neighbour: each member's Metropolis-Hastings weight is divided by the group size, the rest stays
    with us (as FoolsGold does for similar clients).
 
+**The bound** (what changed from 0.1, and why). In 0.1 the clipping radius τ was set by the lower-median
+neighbour distance only, a quantity the neighbours set: where most of a peer's neighbours are Byzantine (a
+sparse graph) they could widen τ at will, and a neighbour whose trust and validation gain were high could
+take any share of the Metropolis-Hastings mass. Now, when the round's own evidence is there
+(`DefenceInput.anchor` and `.trained`: u_i = ‖our local update this round‖),
+
+    τ_i = min(clip_factor · lower-median distance,  bound_factor · u_i)      and      w_ij ≤ max_boost · m_ij,
+
+with m_ij the Metropolis-Hastings weight (the excess stays with us). Whatever the neighbours send, then:
+
+- one gossip step moves x_i by at most (1 − m_ii) · bound_factor · u_i, however many neighbours lie;
+- a single neighbour j's own pull is at most max_boost · m_ij · bound_factor · u_i;
+- so, against the vector x_i would reach had j sent nothing, j moves x_i by at most
+  B_ij = 2 · (1 − m_ii) · bound_factor · u_i.
+
+u_i is the peer's own: no neighbour can widen it. Honest neighbours that trained from about the same
+consensus sit about √2 · u_i apart or closer, so `bound_factor` = 2 leaves them unclipped and an
+attack-free run mixes as before. `tests/test_robust_bristle.py` checks all three against adversarial
+vectors. Without that evidence (a plug-in caller, a late joiner adopting its neighbours) the radius is the
+neighbour-set one alone and no bound is claimed.
+
 Without `evaluate` (no validation data) step 3 is skipped and nothing is explored: distance only.
 """
 
@@ -281,6 +302,21 @@ def mix_weights(
     return weights
 
 
+def cap_weights(weights: Floats, caps: Floats) -> Floats:
+    """Weights over [self, *kept] with each kept one at most its cap; the excess stays with us."""
+    capped = np.minimum(weights[1:], caps)
+    return np.concatenate([[1.0 - capped.sum()], capped])
+
+
+def own_unit(inp: DefenceInput) -> float | None:
+    """u_i = ‖our local update this round‖, the unit no neighbour sets (None without it, or if 0)."""
+    update = inp.local_update
+    if update is None:
+        return None
+    length = float(np.linalg.norm(update))
+    return length if length > 0 and np.isfinite(length) else None
+
+
 @dataclass(frozen=True)
 class Bristle:
     keep: int = 10  # nearest candidates evaluated every step
@@ -311,6 +347,9 @@ class Bristle:
     # already took us; honest neighbours that trained from about where we started pull us back (≤ 0, up to
     # what gossip has not yet averaged out). Dissensus, which pushes each peer away from consensus, does not.
     amplify_limit: float = 0.5
+    # the bound: no neighbour pulls us by more than this × u (our own local update this round), and none
+    # weighs more than max_boost × its Metropolis-Hastings weight (see "The bound" above)
+    bound_factor: float = 2.0
     new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
     newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
     newcomer_cap: float = 0.5  # ... and get at most this share of a mix with established peers
@@ -366,7 +405,10 @@ class Bristle:
         mh_kept = mh[1 + kept] / copies  # near-identical vectors from several identities count once
         mh = np.concatenate([[mh.sum() - mh_kept.sum()], mh_kept])
         weights = mix_weights(mh, perf, rep[kept], self.newcomer_below, self.newcomer_cap)
+        weights = cap_weights(weights, self.max_boost * inp.mixing_weights[1 + kept].astype(np.float64))
         radius = self.clip_factor * scale if scale > 0 else np.inf
+        if (unit := own_unit(inp)) is not None:
+            radius = min(radius, self.bound_factor * unit)
         offset_weights = np.zeros(candidates.size)  # 0 for the candidates not kept
         offset_weights[near] = weights[1:]
         mixed = clipped_mix(inp.own, offsets, distances, offset_weights, radius)
@@ -386,10 +428,9 @@ class Bristle:
     def amplifies(self, inp: DefenceInput) -> npt.NDArray[np.bool_]:
         """Which candidates would push us further along our own local update û = (trained − anchor) / u,
         u = ‖trained − anchor‖, by more than `amplify_limit` · u. All False without that evidence."""
-        update = inp.local_update
         n = len(inp.senders)
-        length = float(np.linalg.norm(update)) if update is not None else 0.0
-        if update is None or not (length > 0 and np.isfinite(length)) or n == 0:
+        length, update = own_unit(inp), inp.local_update
+        if length is None or update is None or n == 0:
             return np.zeros(n, dtype=bool)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow (a hostile huge vector): NaN drops it
             along = (inp.received @ update - float(inp.own @ update)) / length**2
