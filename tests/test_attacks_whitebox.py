@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from p2pfed.attacks.base import AttackContext, Collusion
-from p2pfed.attacks.whitebox import WhiteBox, largest_accepted
+from p2pfed.attacks.whitebox import WhiteBox
 from p2pfed.robust.base import DefenceInput
 from p2pfed.robust.mean import Mean
 from p2pfed.types import DefenceResult, Outcome, Verdict
@@ -70,12 +70,6 @@ def context(defence: object, *, seed: int = 0, collusion: Collusion | None = Non
         anchor=np.zeros(D, np.float32),  # round 0: the shared initial vector
         collusion=collusion,
     )
-
-
-def test_largest_accepted_finds_the_edge_of_the_accepted_interval() -> None:
-    assert largest_accepted(lambda s: s <= 0.3, 1.0, 30) == pytest.approx(0.3, abs=1e-6)
-    assert largest_accepted(lambda s: True, 1.0, 30) == 1.0
-    assert largest_accepted(lambda s: False, 1.0, 30) == 0.0
 
 
 def test_it_sends_the_largest_pull_the_defence_accepts() -> None:

@@ -27,13 +27,13 @@ one, so that their copies are not grouped as one neighbour.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from p2pfed.attacks._honest import honest_vectors, recipient_vector
+from p2pfed.attacks.adaptive import largest_scale
 from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
 from p2pfed.robust.base import DefenceInput
 from p2pfed.types import FloatVector, Outcome
@@ -65,20 +65,6 @@ def directions(victim: Victim, honest: Floats) -> list[Floats]:
     if victim.anchor is not None and victim.trained is not None:
         candidates.insert(1, victim.anchor - victim.trained)
     return [d for d in (unit(c) for c in candidates) if d is not None]
-
-
-def largest_accepted(accepts: Callable[[float], bool], high: float, iterations: int) -> float:
-    """The largest s in [0, high] with accepts(s), by bisection (0 when even high / 2**iterations fails)."""
-    if accepts(high):
-        return high
-    low = 0.0
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        if accepts(mid):
-            low = mid
-        else:
-            high = mid
-    return low
 
 
 class WhiteBox(Behaviour):
@@ -139,8 +125,8 @@ class WhiteBox(Behaviour):
         scale = self.scale(victim, honest)
         best, best_harm = victim.own, 0.0
         for d in directions(victim, honest):
-            s = largest_accepted(
-                lambda s, d=d: step(victim.own + s * d)[0], self.max_scale * scale, self.iterations
+            s = largest_scale(
+                lambda s, d=d: step(victim.own + s * d)[0], 0.0, self.max_scale * scale, self.iterations
             )
             if s <= 0:
                 continue
