@@ -563,3 +563,34 @@ def test_a_byzantine_majority_cannot_widen_the_clipping_radius() -> None:
     assert moved <= (1 - 1 / 5) * Bristle().bound_factor * u * (1 + 1e-5)
     no_evidence = dataclasses.replace(inp, anchor=None, trained=None)
     assert np.linalg.norm(Bristle()(no_evidence).mixed - trained) > 100 * moved  # the 0.1 radius
+
+
+def test_with_the_rounds_anchor_the_bar_is_where_the_round_started_not_what_neighbours_send() -> None:
+    # Our own split favours our own model (0.9). Three colluders send copies of it, so the typical
+    # candidate scores 0.88 and, measured against the typical model, the honest neighbour (0.6) would
+    # be "worse". Where this round started (the anchor, 0.55) is our own evidence: the honest neighbour
+    # is no worse than that and is kept; a poisoned model (0.2) still is not.
+    anchor = np.full(D, -1.0)
+    trained = np.ones(D)
+    colluders = np.repeat(trained[None, :], 3, axis=0) + 0.01 * np.arange(3)[:, None]
+    received = np.vstack([colluders, 0.8 * np.ones(D), 0.7 * np.ones(D)])
+    received[3, 0] = 1.2  # honest: near enough to be evaluated
+    received[4, 1] = 1.3  # poisoned
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        def score(row: np.ndarray) -> float:
+            if row[0] < 0:
+                return 0.55  # the anchor
+            if row[1] > 1.25:
+                return 0.2
+            if row[0] > 1.1:
+                return 0.6
+            return 0.9 if abs(row[0] - 1.0) < 0.05 else 0.88
+
+        return np.array([[score(r), score(r)] for r in x])
+
+    plain = make_input(received, own=trained, evaluate=evaluate)
+    assert by_sender(Bristle()(plain))["p3"][0] is Outcome.DROPPED  # the colluders set the bar
+    verdicts = by_sender(Bristle()(with_update(plain, anchor, trained)))
+    assert verdicts["p3"][0] is Outcome.KEPT
+    assert verdicts["p4"][0] is Outcome.DROPPED
