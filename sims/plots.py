@@ -23,12 +23,12 @@ def plot_accuracy(curve: list[dict[str, Any]], rows: list[dict[str, Any]], path:
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, color="tab:blue", alpha=0.18, linewidth=0.8)
     if curve:
-        xs = [c["round"] + 1 for c in curve]
+        rounds = [c["round"] + 1 for c in curve]
         ax.fill_between(
-            xs, [c["honest_accuracy_min"] for c in curve], [c["honest_accuracy_max"] for c in curve],
+            rounds, [c["honest_accuracy_min"] for c in curve], [c["honest_accuracy_max"] for c in curve],
             color="tab:blue", alpha=0.15, label="min–max over honest peers",
         )
-        ax.plot(xs, [c["honest_accuracy_mean"] for c in curve], color="tab:blue", linewidth=2.2, marker="o",
+        ax.plot(rounds, [c["honest_accuracy_mean"] for c in curve], color="tab:blue", linewidth=2.2, marker="o",
                 label="mean over honest peers")
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy on the global test set")

@@ -36,7 +36,7 @@ from p2pfed.attacks._honest import honest_vectors, recipient_vector
 from p2pfed.attacks.adaptive import largest_scale
 from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
 from p2pfed.robust.base import DefenceInput
-from p2pfed.types import FloatVector, Outcome
+from p2pfed.types import Outcome
 
 Floats = npt.NDArray[np.float64]
 CANDIDATE = "candidate"
@@ -125,9 +125,11 @@ class WhiteBox(Behaviour):
         scale = self.scale(victim, honest)
         best, best_harm = victim.own, 0.0
         for d in directions(victim, honest):
-            s = largest_scale(
-                lambda s, d=d: step(victim.own + s * d)[0], 0.0, self.max_scale * scale, self.iterations
-            )
+            # a def, not a lambda: mypy cannot infer a lambda with default arguments
+            def accepts(s: float, d: Floats = d) -> bool:
+                return step(victim.own + s * d)[0]
+
+            s = largest_scale(accepts, 0.0, self.max_scale * scale, self.iterations)
             if s <= 0:
                 continue
             candidate = victim.own + s * d
@@ -142,7 +144,9 @@ class WhiteBox(Behaviour):
         if own is None:
             own = honest.mean(axis=0)
         sent = [(r, s, v) for r, s, sender, v in ctx.received_history if sender == ctx.recipient]
-        trained = next((v for r, s, v in sent if r == ctx.round and s == 0), None)
+        trained: npt.NDArray[np.floating] | None = next(
+            (v for r, s, v in sent if r == ctx.round and s == 0), None
+        )
         if ctx.step == 0:
             trained = own
         previous = [(s, v) for r, s, v in sent if r == ctx.round - 1]
@@ -167,7 +171,7 @@ class WhiteBox(Behaviour):
         return float(np.median(distances)) if distances.size else 1.0
 
     @staticmethod
-    def offset(ctx: AttackContext, best: FloatVector) -> Floats:
+    def offset(ctx: AttackContext, best: Floats) -> Floats:
         """A small random offset per colluder, just over the defence's near-duplicate radius."""
         factor = float(getattr(ctx.defence, "duplicate_factor", 0.0))
         if factor <= 0:

@@ -15,7 +15,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trio
@@ -38,6 +38,11 @@ from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.wire import Identity, Schema
+
+if TYPE_CHECKING:
+    # trio exports trio.TaskStatus, but mypy reads trio-typing's stale trio stubs (a libp2p
+    # dependency, they shadow trio's own types), which have it only as trio_typing.TaskStatus
+    from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +242,7 @@ class Node:
         return cls(cfg, run, identity, model, resume, say)
 
     # ------------------------------------------------------------------ serving
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, wait for neighbours, run the rounds. Cancel to stop: the last round's checkpoint stays."""
         finished = False
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ def lora_config(
     layers = "|".join(str(i) for i in range(num_layers - cfg.adapt_layers, num_layers))
     return LoraConfig(
         r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
+        # peft annotates lora_alpha `int`, but only ever divides it by r (or sqrt(r)): a float is fine
+        lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]
         lora_dropout=0.0,
         target_modules=rf".*{layer_regex}\.({layers})\..*\b({'|'.join(targets)})",
         modules_to_save=list(head_modules) or None,
@@ -46,10 +48,11 @@ def attach_lora(model: torch.nn.Module, config: LoraConfig, cfg: LearnConfig) ->
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + _INIT_STREAM)
     with torch.no_grad():
         for _, module in sorted(lora_modules(peft_model).items()):
-            a = module.lora_A[ADAPTER].weight
+            # torch types a submodule's attribute `Tensor | Module`; a LoRA weight is a Parameter
+            a = cast(torch.Tensor, module.lora_A[ADAPTER].weight)
             bound = 1.0 / math.sqrt(a.shape[1])  # kaiming_uniform(a=sqrt(5)), LoRA's default for A
             a.copy_(torch.rand(a.shape, generator=generator) * 2 * bound - bound)
-            module.lora_B[ADAPTER].weight.zero_()
+            cast(torch.Tensor, module.lora_B[ADAPTER].weight).zero_()
             a.requires_grad_(cfg.lora_mode == "full")
         for name, module in sorted(peft_model.named_modules()):
             if name.endswith(f"modules_to_save.{ADAPTER}") and isinstance(module, torch.nn.Linear):
@@ -110,8 +113,8 @@ def weight_deltas(
     values = dict(zip(schema.names, schema.unflatten(vector), strict=True))
     deltas = {}
     for name, module in sorted(lora_modules(model).items()):
-        a_param = module.lora_A[ADAPTER].weight
-        b_param = module.lora_B[ADAPTER].weight
+        a_param = cast(torch.Tensor, module.lora_A[ADAPTER].weight)
+        b_param = cast(torch.Tensor, module.lora_B[ADAPTER].weight)
         a = values.get(f"{name}.lora_A.{ADAPTER}.weight", a_param.detach())
         b = values.get(f"{name}.lora_B.{ADAPTER}.weight", b_param.detach())
         deltas[name.removeprefix("base_model.model.")] = module.scaling[ADAPTER] * (b @ a)

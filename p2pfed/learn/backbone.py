@@ -10,6 +10,7 @@ Both keep the model in eval mode: dropout is off in training too, so a step is d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +19,9 @@ import torch.nn.functional as F
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from p2pfed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -48,7 +52,9 @@ class EncoderBackbone:
     lora_targets = ("query", "key", "value")
     head_modules = ("classifier",)
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, adapt_layers: int) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, adapt_layers: int
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = model.config
@@ -97,7 +103,9 @@ class EncoderBackbone:
     ) -> torch.Tensor:
         """A BertLayer computed for the first token only: keys and values need every token, the
         query, attention output and feed-forward only the first (~4x less work for the last layer)."""
-        attention = layer.attention.self
+        # its submodules are reached by name: torch types each one `Tensor | Module` only
+        bert_layer: Any = layer
+        attention = bert_layer.attention.self
         b, t, _ = hidden.shape
         heads, size = attention.num_attention_heads, attention.attention_head_size
         first = hidden[:, :1]
@@ -107,11 +115,11 @@ class EncoderBackbone:
         keep = mask[:, None, None, :].bool()
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=attention.scaling)
         context = context.transpose(1, 2).reshape(b, 1, heads * size)
-        attended = layer.attention.output(context, first)
-        return layer.output(layer.intermediate(attended), attended)
+        attended = bert_layer.attention.output(context, first)
+        return bert_layer.output(bert_layer.intermediate(attended), attended)
 
     def class_logits(self, top: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.model.classifier(self._base.pooler(top))
+        return cast(torch.nn.Module, self.model.classifier)(self._base.pooler(top))
 
 
 class CausalBackbone:
@@ -121,8 +129,8 @@ class CausalBackbone:
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        tokenizer: object,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         adapt_layers: int,
         label_names: tuple[str, ...],
     ) -> None:

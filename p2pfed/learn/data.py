@@ -149,7 +149,8 @@ def load_jsonl(path: Path, *, label_names: tuple[str, ...] = ()) -> TaskData:
                 raise DataError(
                     f"{path}:{number}: missing key {key!r} (this file's rows are {fields})"
                 )
-        if not isinstance(row[fields[0]], str) or not row[fields[0]].strip():
+        value = row[fields[0]]
+        if not isinstance(value, str) or not value.strip():
             raise DataError(f"{path}:{number}: {fields[0]!r} must be a non-empty string")
     digest = hashlib.sha256(raw).hexdigest()
     if kind == "instruction":

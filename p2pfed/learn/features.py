@@ -63,6 +63,7 @@ class Features:
             ids[i, :n] = self.ids[start : start + n]
             mask[i, :n] = 1
             if hidden is not None:
+                assert self.hidden is not None  # hidden is allocated only with a cache
                 hidden[i, :n] = self.hidden[start : start + n]
         batch = Batch(
             ids=ids,

@@ -24,6 +24,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 import transformers
+from peft import PeftModel
 
 from p2pfed.errors import ConfigError
 from p2pfed.learn.adapters import FlatSchema, attach_lora, lora_config, weight_deltas
@@ -64,7 +65,7 @@ class TaskModel:
         cfg: LearnConfig,
         data: TaskData,
         backbone: EncoderBackbone | CausalBackbone,
-        peft_model: torch.nn.Module,
+        peft_model: PeftModel,
         features: Features,
         base_hash: str,
         test_rows: npt.NDArray[np.int64] | None = None,
@@ -225,7 +226,12 @@ class TaskModel:
                 pick = rng.choice(len(indices), size=size, replace=False)
                 batch = self._features.batch(self._pool[indices[pick]])
                 y = torch.from_numpy(targets[pick])
-                losses.append(sam_gradients(params, lambda b=batch, y=y: self._loss(b, y), rho))
+
+                # a def, not a lambda: mypy cannot infer a lambda with default arguments
+                def loss_fn(b: Batch = batch, y: torch.Tensor = y) -> torch.Tensor:
+                    return self._loss(b, y)
+
+                losses.append(sam_gradients(params, loss_fn, rho))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             return self._schema.flatten(), float(np.mean(losses)) if losses else 0.0
@@ -379,7 +385,7 @@ class TaskModel:
         directory = Path(directory)
         with self._lock:
             self._schema.load(vector)
-            self.peft_model.save_pretrained(directory)
+            self.peft_model.save_pretrained(str(directory))  # peft annotates `str`
         facts = {
             "label_names": list(self.label_names),
             "base_hash": self.base_hash,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -11,7 +12,8 @@ import torch
 
 def sam_perturbation(grads: Sequence[torch.Tensor], rho: float) -> list[torch.Tensor]:
     """ε = ρ·g/‖g‖ over all tensors jointly (zero when ρ = 0 or g = 0)."""
-    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    # sum() is typed `Tensor | Literal[0]`: 0 only for no grads at all, where torch.sqrt fails anyway
+    norm = torch.sqrt(cast(torch.Tensor, sum((g.double() ** 2).sum() for g in grads)))
     if rho == 0 or float(norm) == 0.0:
         return [torch.zeros_like(g) for g in grads]
     return [g * (rho / norm).to(g.dtype) for g in grads]

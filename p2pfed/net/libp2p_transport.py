@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import multiaddr
 import trio
@@ -20,8 +20,10 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.exceptions import SwarmException
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
@@ -34,6 +36,11 @@ from p2pfed.net.libp2p_guards import ConnectionEvents, guarded, no_auto_connect,
 from p2pfed.net.presence import MAX_PRESENCE_BYTES, Presence
 from p2pfed.net.transport import Delivery
 from p2pfed.wire.identity import Identity
+
+if TYPE_CHECKING:
+    # trio exports trio.TaskStatus, but mypy reads trio-typing's stale trio stubs (a libp2p
+    # dependency, they shadow trio's own types), which have it only as trio_typing.TaskStatus
+    from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +102,17 @@ class Libp2pTransport:
         )
         self._pubsub = Pubsub(self._host, self._gossipsub, strict_signing=True)
         self._pubsub.set_topic_validator(self.topic, self._validate_announcement, False)
-        network = self._host.get_network()
+        # new_host is annotated with the interfaces (IHost, INetworkService); it builds a BasicHost
+        # on a Swarm, whose internals the next lines patch
+        network = cast(Swarm, self._host.get_network())
         # libp2p's auto-connector redials every peer it ever heard of (ghosts and silent ports
-        # included) up to a watermark; neighbours are chosen here instead
-        network.auto_connector.maybe_connect = no_auto_connect
+        # included) up to a watermark; neighbours are chosen here instead (patching a method of the
+        # instance, which mypy forbids by default)
+        network.auto_connector.maybe_connect = no_auto_connect  # type: ignore[method-assign]
         # Every inbound stream, whatever its protocol (identify, ping, meshsub, ours), goes through here.
-        network.set_stream_handler(guarded(self._host._swarm_stream_handler, self._count, "stream"))
+        network.set_stream_handler(
+            guarded(cast(BasicHost, self._host)._swarm_stream_handler, self._count, "stream")
+        )
         for proto in GOSSIP_PROTOCOLS:
             self._host.set_stream_handler(proto, self._guarded_pubsub_handler)
         network.register_notifee(
@@ -208,7 +220,7 @@ class Libp2pTransport:
     async def wait_started(self) -> None:
         await self._started.wait()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, discover and serve until cancelled; then close every connection before returning.
 
         libp2p runs under a shield: if cancellation reached it first, its connection tasks would die
@@ -231,7 +243,7 @@ class Libp2pTransport:
         finally:
             self._incoming_in.close()
 
-    async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _serve(self, *, task_status: TaskStatus[None]) -> None:
         with self._host_scope:
             try:
                 async with (

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trio
 
 from p2pfed.net.transport import Delivery
+
+if TYPE_CHECKING:
+    # trio exports trio.TaskStatus, but mypy reads trio-typing's stale trio stubs (a libp2p
+    # dependency, they shadow trio's own types), which have it only as trio_typing.TaskStatus
+    from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ class MemoryNetwork:
         """Take a peer off the network: it neither sends nor receives any more."""
         self._peers.pop(peer_id, None)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Only needed with delay > 0: owns the tasks that deliver late messages."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery

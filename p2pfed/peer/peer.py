@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import trio
@@ -42,6 +42,11 @@ from p2pfed.wire import (
     open_envelope,
     seal,
 )
+
+if TYPE_CHECKING:
+    # trio exports trio.TaskStatus, but mypy reads trio-typing's stale trio stubs (a libp2p
+    # dependency, they shadow trio's own types), which have it only as trio_typing.TaskStatus
+    from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +174,7 @@ class Peer:
         """A generator seeded from the run seed, this peer's index and a purpose (round, step, ...)."""
         return np.random.default_rng([self.seed, self.index, *purpose])
 
-    async def run(self, *, rounds: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, rounds: int, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receive_loop)
             task_status.started()

@@ -75,6 +75,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -201,7 +202,8 @@ def informative_classes(scores: Floats) -> npt.NDArray[np.bool_]:
     the validation split scores exactly 0 or 1 for every model (one stray prediction flips it), so it
     is left out; when no class qualifies (e.g. a 1-column loss score), all are used."""
     finite = np.isfinite(scores)
-    inside = (finite & (scores > 0.0) & (scores < 1.0)).any(axis=0)
+    # numpy types .any(axis=...) `bool | array`: with an axis of a 2-D array it is a 1-D array
+    inside = cast(npt.NDArray[np.bool_], (finite & (scores > 0.0) & (scores < 1.0)).any(axis=0))
     return inside if inside.any() else np.ones(scores.shape[1], dtype=bool)
 
 
