@@ -15,15 +15,16 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
    that a useful but different (non-IID) peer is not starved. Everyone else is DROPPED ("far").
 3. **Performance integrator** (one `evaluate` call on [own, *kept] stacked). Per class c, over the
    informative classes (those present in our validation split: some model scores strictly between 0 and
-   1), the candidate's Δ_jc = score_jc − ref_c, where ref_c = min(our score, the score of the round's
-   anchor: our own vector before this round's local training). Our own model is tuned to our own skewed
-   split, so an honest non-IID neighbour is often worse there than ours; but it is that same starting
-   point plus an update on its own data, so it is not much worse than the anchor, and a poisoned model
-   is. The anchor is our evidence: in 0.1 the reference was the typical score (the `reference_quantile`
-   of [own, *kept]), which colluders sending copies of our own vector could raise until honest
-   neighbours failed it (measured: on the sparse TREC grid, whitebox 46.1 → 52.0, dissensus 58.3 → 61.5,
-   sign flip 42.0 → 45.2, `docs/robustness.md`). Without the anchor (a plug-in caller, a late joiner) the
-   typical score is still used. A candidate whose mean Δ is below −`margin` (about two binomial standard errors of a small
+   1), the candidate's Δ_jc = score_jc − ref_c, where ref_c = min(our score, the typical score: the
+   `reference_quantile` of [own, *kept], the score of the round's anchor: our own vector before this
+   round's local training). Our own model is tuned to our own skewed split, so an honest non-IID
+   neighbour is often worse there than ours but not worse than the typical neighbour; a poisoned model
+   is. The anchor term is new (own evidence): colluders sending copies of our own vector could raise the
+   typical score until honest neighbours failed it; they cannot raise the anchor's. An honest neighbour's
+   model is about that same start plus an update on its own data. (Measured, sparse TREC grid,
+   `docs/robustness.md`: whitebox 46.1 → 53.0, dissensus 58.3 → 63.0, sign flip 42.0 → 45.6. The anchor
+   alone, without the typical term, cost 8 points on non-IID TREC: neighbours' updates on their own data
+   can cost more than `margin` on ours.) A candidate whose mean Δ is below −`margin` (about two binomial standard errors of a small
    validation split), or whose mean drop from our own score exceeds `floor_margin` (so a poisoned
    majority cannot lower the bar), is DROPPED: "harmful on validation" when it is also an outlier among
    the candidates (below their median Δ, capped at 0, by more than max(`harm_margin`, `harm_factor` ×
@@ -238,16 +239,16 @@ def integrate(
     if not finite:
         s = np.nan_to_num(s, nan=-np.inf)
     # Our own model is tuned to our own (skewed) split, so an honest non-IID neighbour's model is often
-    # worse there than ours; what marks a poisoned model is being worse than where the round started
-    # (the anchor's scores, `baseline`) or, without it, than the typical model we see.
+    # worse there than ours; what marks a poisoned model is being worse than the typical model we see,
+    # and than where the round started (the anchor's scores, `baseline`), which no neighbour sets.
     reference = s[0]
+    if s.shape[0] > 2:
+        reference = np.fmin(s[0], typical_scores(s, reference_quantile))
     if baseline is not None:
         # where this round started, before our own data moved us: an honest neighbour's model is that
         # start plus its own update, so it is not worse than it on our split (the anchor is our evidence)
         start = np.asarray(baseline, dtype=np.float64)[informative]
         reference = np.where(np.isfinite(start), np.fmin(reference, start), reference)
-    elif s.shape[0] > 2:
-        reference = np.fmin(s[0], typical_scores(s, reference_quantile))
     if finite:
         delta, own_drop = s[1:] - reference, s[1:] - s[0]
     else:
@@ -365,8 +366,8 @@ class Bristle:
     # the bound: no neighbour pulls us by more than this × u (our own local update this round), and none
     # weighs more than max_boost × its Metropolis-Hastings weight (see "The bound" above)
     bound_factor: float = 2.0
-    # the validation reference is min(our score, the round's anchor's score) when the anchor is known (step 3);
-    # False: min(our score, the typical candidate's), as in 0.1
+    # the validation reference is also at most the round's anchor's score, when the anchor is known (step 3);
+    # False: min(our score, the typical candidate's) only, as in 0.1
     anchor_reference: bool = True
     new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
     newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
