@@ -15,9 +15,9 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
    that a useful but different (non-IID) peer is not starved. Everyone else is DROPPED ("far").
 3. **Performance integrator** (one `evaluate` call on [own, *kept] stacked). Per class c, over the
    informative classes (those present in our validation split: some model scores strictly between 0 and
-   1), the candidate's Δ_jc = score_jc − ref_c, where ref_c = min(our score, the typical score: the
-   `reference_quantile` of [own, *kept], the score of the round's anchor: our own vector before this
-   round's local training). Our own model is tuned to our own skewed split, so an honest non-IID
+   1), the candidate's Δ_jc = score_jc − ref_c, where ref_c = min(our score, the typical score (the
+   `reference_quantile` of [own, *kept]), the score of the round's anchor (our own vector before this
+   round's local training)). Our own model is tuned to our own skewed split, so an honest non-IID
    neighbour is often worse there than ours but not worse than the typical neighbour; a poisoned model
    is. The anchor term is new (own evidence): colluders sending copies of our own vector could raise the
    typical score until honest neighbours failed it; they cannot raise the anchor's. An honest neighbour's
