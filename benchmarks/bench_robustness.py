@@ -86,7 +86,8 @@ def main() -> None:
     )
     bristle = Bristle()
     bristle(inp)  # warm-up
-    evaluated = 1 + min(args.neighbours, bristle.keep + bristle.explore)
+    evaluated = 1 + min(args.neighbours, bristle.keep + bristle.explore)  # [own, *kept] ...
+    evaluated += int(bristle.anchor_reference)  # ... and the round's anchor, the validation reference
     scored = np.vstack([trained, received[: evaluated - 1]])
     runs = {
         "train": train,
