@@ -25,6 +25,9 @@ from p2pfed.robust.registry import DEFAULT_DEFENCE
 @click.option("--rho", default=GossipConfig.rho, show_default=True,
               help="SAM radius ρ; 0 turns SAM off (plain local SGD/Adam, i.e. D-PSGD).")
 @click.option("--lr", default=GossipConfig.lr, show_default=True, help="Local learning rate.")
+@click.option("--logit-adjust", default=GossipConfig.logit_adjust, show_default=True,
+              help="τ: train on logits + τ·log(local label frequencies), so a skewed shard does not push "
+                   "down the classes it lacks (non-IID); 0 = plain cross-entropy.")
 @click.option("--topology", type=click.Choice(TOPOLOGIES), default="regular", show_default=True,
               help="Communication graph.")
 @click.option("--degree", default=4, show_default=True, help="Neighbours per peer (regular, small-world).")
@@ -63,8 +66,8 @@ from p2pfed.robust.registry import DEFAULT_DEFENCE
               help="With --transport libp2p: one `p2pfed join` OS process per peer (honest peers only); "
                    "they link as join does (each to every peer it finds, up to 16), not by --topology.")
 def sim(
-    peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, topology: str,
-    degree: int, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
+    peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, logit_adjust: float,
+    topology: str, degree: int, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
     attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
     seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool,
@@ -106,7 +109,8 @@ def sim(
         drop=drop,
         save_adapters=not no_adapters,
         gossip=GossipConfig(
-            rounds=rounds, local_steps=local_steps, gossip_steps=gossip_steps, rho=rho, lr=lr
+            rounds=rounds, local_steps=local_steps, gossip_steps=gossip_steps, rho=rho, lr=lr,
+            logit_adjust=logit_adjust,
         ),
         learn=LearnConfig(
             model=model,

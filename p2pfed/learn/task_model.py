@@ -187,13 +187,28 @@ class TaskModel:
 
     # -- training --------------------------------------------------------------------------------
 
-    def _loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, batch: Batch, labels: torch.Tensor, offset: torch.Tensor | None = None
+    ) -> torch.Tensor:
         assert batch.hidden is not None
         top = self._backbone.upper(batch.hidden, batch.mask)
         if self.kind == "instruction":
             assert isinstance(self._backbone, CausalBackbone)
             return self._backbone.response_losses(top, batch)[0].mean()
-        return F.cross_entropy(self._backbone.class_logits(top, batch), labels)
+        logits = self._backbone.class_logits(top, batch)
+        return F.cross_entropy(logits if offset is None else logits + offset, labels)
+
+    def prior_offset(self, targets: npt.NDArray[np.int64], strength: float) -> torch.Tensor | None:
+        """strength · log π_c, π the (add-one smoothed) label frequencies of the rows we train on; None
+        when off or for instruction data. Added to the logits in the training loss only (logit adjustment,
+        Menon et al., ICLR 2021; FedLC, Zhang et al., ICML 2022): a peer whose shard is skewed toward a
+        few classes no longer learns to push the others' logits down, which is the part of a non-IID
+        local update that gossip has to undo every round."""
+        if strength <= 0 or self.kind == "instruction":
+            return None
+        counts = np.bincount(targets, minlength=self.num_classes).astype(np.float64)
+        prior = (counts + 1.0) / (counts.sum() + self.num_classes)
+        return torch.from_numpy(strength * np.log(prior)).to(torch.float32)
 
     def train(
         self,
@@ -205,10 +220,13 @@ class TaskModel:
         rho: float,
         rng: np.random.Generator,
         labels: npt.NDArray[np.int64] | None = None,
+        logit_adjust: float = 0.0,
     ) -> tuple[FloatVector, float]:
         """`steps` SAM steps on pool rows `indices` (labels aligned with them override the true ones).
 
-        The optimizer's state starts fresh on every call. Returns the new vector and the mean loss.
+        With `logit_adjust` τ > 0 the loss is the cross-entropy of logits + τ · log π, π the label
+        frequencies of these rows (`prior_offset`); predictions stay the plain logits. The optimizer's
+        state starts fresh on every call. Returns the new vector and the mean loss.
         """
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) == 0:
@@ -217,6 +235,7 @@ class TaskModel:
             self.train_labels[indices] if labels is None else np.asarray(labels, dtype=np.int64)
         )
         size = min(self.cfg.batch_size, len(indices))
+        offset = self.prior_offset(targets, logit_adjust)
         with self._lock:
             self._schema.load(vector)
             params = self._schema.params
@@ -229,7 +248,7 @@ class TaskModel:
 
                 # a def, not a lambda: mypy cannot infer a lambda with default arguments
                 def loss_fn(b: Batch = batch, y: torch.Tensor = y) -> torch.Tensor:
-                    return self._loss(b, y)
+                    return self._loss(b, y, offset)
 
                 losses.append(sam_gradients(params, loss_fn, rho))
                 optimizer.step()

@@ -33,6 +33,7 @@ class LocalModel:
             rho=self.gossip.rho,
             rng=rng,
             labels=self.labels,
+            logit_adjust=self.gossip.logit_adjust,
         )
 
     def validation_scores(self, vectors: FloatMatrix) -> FloatMatrix:
