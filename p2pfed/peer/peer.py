@@ -28,6 +28,7 @@ from p2pfed.peer.envelopes import off_loop
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.topology import metropolis_row, renormalize
 from p2pfed.robust.base import Defence, DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.seeds import Seed
 from p2pfed.types import FloatVector, Outcome, Verdict
@@ -472,12 +473,12 @@ class Peer:
         result = await self._blocking(self.defence, inp)
         self.vector = result.mixed.astype(np.float32, copy=False)
         verdicts = list(result.verdicts)
-        verdicts += [Verdict(s, Outcome.QUARANTINED, reason="reputation") for s in quarantined]
-        verdicts += [Verdict(s, Outcome.EQUIVOCATED, reason="two updates") for s in sorted(buffer.equivocated)]
-        verdicts += [Verdict(s, Outcome.INVALID, reason="failed verification") for s in sorted(buffer.invalid)]
+        verdicts += [Verdict(s, Outcome.QUARANTINED, reason=Reason.REPUTATION) for s in quarantined]
+        verdicts += [Verdict(s, Outcome.EQUIVOCATED, reason=Reason.TWO_UPDATES) for s in sorted(buffer.equivocated)]
+        verdicts += [Verdict(s, Outcome.INVALID, reason=Reason.FAILED_VERIFICATION) for s in sorted(buffer.invalid)]
         seen = {v.sender for v in verdicts}
         verdicts += [
-            Verdict(s, Outcome.MISSING, reason="not in time") for s in self.neighbour_degrees if s not in seen
+            Verdict(s, Outcome.MISSING, reason=Reason.NOT_IN_TIME) for s in self.neighbour_degrees if s not in seen
         ]
         self.reputation.update(verdicts, rnd)
         return verdicts

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from p2pfed.robust import reasons
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import Outcome, Verdict
 
 DEFAULT_PRIOR = 0.2
@@ -147,13 +147,12 @@ class ReputationTable:
 
     def _penalty(self, reason: str) -> float:
         c = self.config
-        return {
-            reasons.HARMFUL: c.harm_penalty,
-            reasons.WORSE: c.worse_penalty,
-            reasons.AMPLIFIES: c.worse_penalty,
-        }.get(
-            reason, c.weak_penalty
-        )
+        penalties: dict[str, float] = {
+            Reason.HARMFUL: c.harm_penalty,
+            Reason.WORSE: c.worse_penalty,
+            Reason.AMPLIFIES: c.worse_penalty,
+        }
+        return penalties.get(reason, c.weak_penalty)
 
     def _quarantine(self, identity: str) -> None:
         c = self.config
