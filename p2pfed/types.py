@@ -34,7 +34,7 @@ class Verdict:
     outcome: Outcome
     weight: float = 0.0  # mixing weight given (0 unless KEPT)
     score: float = 0.0  # defence-specific evidence, e.g. validation improvement; 0 if none
-    reason: str = ""
+    reason: str = ""  # a p2pfed.robust.reasons.Reason; "" is Reason.NONE
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from p2pfed.robust.base import Defence, DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import DefenceResult, Outcome, Verdict
 
 ORACLE = "oracle"
-BYZANTINE = "Byzantine (oracle)"  # the reason it writes for every dropped sender
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Oracle:
             )
         )
         dropped = [
-            Verdict(s, Outcome.DROPPED, reason=BYZANTINE)
+            Verdict(s, Outcome.DROPPED, reason=Reason.BYZANTINE)
             for s, h in zip(inp.senders, honest, strict=True)
             if not h
         ]

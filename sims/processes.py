@@ -27,6 +27,7 @@ from p2pfed.learn.data import load_task, split_test
 from p2pfed.learn.models import resolve_model
 from p2pfed.learn.partition import partition
 from p2pfed.peer.checkpoint import load_checkpoint
+from p2pfed.seeds import Seed
 from p2pfed.sims.oracle import ORACLE
 from p2pfed.sims.simulate import SimConfig, SimResult, manifest_of
 
@@ -44,7 +45,7 @@ def export_shards(
     """
     data = load_task(cfg.learn.task)
     pool, test = split_test(data.labels, cfg.learn.test_size, cfg.seed)
-    rng = np.random.default_rng([cfg.seed, 0x5EED])  # as in simulate._simulate
+    rng = np.random.default_rng([cfg.seed, Seed.PARTITION])  # as in simulate._simulate
     shards = partition(
         data.labels[pool], cfg.peers, cfg.partition, alpha=cfg.alpha, classes_per_peer=cfg.classes_per_peer, rng=rng
     )
@@ -56,7 +57,7 @@ def export_shards(
         return path
 
     if eval_rows is not None:
-        test = np.random.default_rng([cfg.seed, 0xE7A1]).permutation(test)[:eval_rows]
+        test = np.random.default_rng([cfg.seed, Seed.EVAL_SAMPLE]).permutation(test)[:eval_rows]
     files = [write(directory / f"peer-{i:02d}.jsonl", pool[s[:max_rows]]) for i, s in enumerate(shards)]
     return files, write(directory / "eval.jsonl", np.sort(test))
 

@@ -35,6 +35,7 @@ from p2pfed.peer.topology import build_topology
 from p2pfed.robust.base import Defence
 from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
 from p2pfed.robust.reputation import ReputationTable
+from p2pfed.seeds import Seed
 from p2pfed.sims.oracle import ORACLE, Oracle
 from p2pfed.sims.plots import plot_accuracy
 from p2pfed.wire import Identity, Schema
@@ -87,7 +88,7 @@ def byzantine_indices(cfg: SimConfig) -> list[int]:
         raise ConfigError(f"--byzantine must be between 0 and peers-1 ({cfg.peers - 1}), got {cfg.byzantine}")
     if cfg.byzantine and cfg.attack == "none":
         raise ConfigError("--byzantine needs an --attack (see `p2pfed sim --help` for the list)")
-    rng = np.random.default_rng([cfg.seed, 0xB12])
+    rng = np.random.default_rng([cfg.seed, Seed.BYZANTINE])
     return sorted(int(i) for i in rng.choice(cfg.peers, size=cfg.byzantine, replace=False))
 
 
@@ -136,7 +137,7 @@ async def _simulate(
     started: float,
     transport: str = "memory",
 ) -> SimResult:
-    rng = np.random.default_rng([cfg.seed, 0x5EED])
+    rng = np.random.default_rng([cfg.seed, Seed.PARTITION])
     shards = partition(
         model.train_labels, cfg.peers, cfg.partition, alpha=cfg.alpha, classes_per_peer=cfg.classes_per_peer, rng=rng
     )
@@ -163,12 +164,14 @@ async def _simulate(
         """The same Peer wiring whatever the transport."""
         peers: list[Peer] = []
         for i in range(cfg.peers):
-            train_idx, val_idx = split_validation(shards[i], cfg.val_fraction, np.random.default_rng([cfg.seed, i, 0xA1]))
+            validation_rng = np.random.default_rng([cfg.seed, i, Seed.VALIDATION])
+            train_idx, val_idx = split_validation(shards[i], cfg.val_fraction, validation_rng)
             behaviour = behaviours.get(i)
             labels = None
             if behaviour is not None:
                 true = model.train_labels[train_idx]
-                poisoned = behaviour.poison_labels(true, model.num_classes, np.random.default_rng([cfg.seed, i, 0xF1]))
+                poison_rng = np.random.default_rng([cfg.seed, i, Seed.LABEL_POISON])
+                poisoned = behaviour.poison_labels(true, model.num_classes, poison_rng)
                 labels = None if poisoned is true else poisoned
             local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels)
             neighbours = {ids[j]: len(adjacency[j]) for j in adjacency[i]}

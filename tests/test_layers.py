@@ -18,7 +18,7 @@ FORBIDDEN = {
     "p2pfed/net": {"torch", "peft", "transformers", "p2pfed.learn", "p2pfed.peer", "p2pfed.robust"},
     "p2pfed/peer": {"libp2p", "p2pfed.cli", "p2pfed.sims"},
 }
-BOTTOM = ["p2pfed/config.py", "p2pfed/errors.py", "p2pfed/types.py"]
+BOTTOM = ["p2pfed/config.py", "p2pfed/errors.py", "p2pfed/seeds.py", "p2pfed/types.py"]
 
 
 def imported_modules(path: Path) -> set[str]:

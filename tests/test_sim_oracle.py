@@ -8,7 +8,8 @@ import pytest
 from p2pfed.errors import ConfigError
 from p2pfed.robust.base import DefenceInput
 from p2pfed.robust.mean import Mean
-from p2pfed.sims.oracle import BYZANTINE, Oracle
+from p2pfed.robust.reasons import Reason
+from p2pfed.sims.oracle import Oracle
 from p2pfed.sims.simulate import SimConfig, validate
 from p2pfed.types import Outcome
 
@@ -26,7 +27,7 @@ def test_the_oracle_drops_exactly_the_byzantine_senders_and_mixes_the_rest() -> 
     )
     out = Oracle(frozenset({"evil"}), Mean())(inp)
     verdicts = {v.sender: v for v in out.verdicts}
-    assert verdicts["evil"].outcome is Outcome.DROPPED and verdicts["evil"].reason == BYZANTINE
+    assert verdicts["evil"].outcome is Outcome.DROPPED and verdicts["evil"].reason == Reason.BYZANTINE
     assert verdicts["a"].outcome is Outcome.KEPT and verdicts["b"].outcome is Outcome.KEPT
     # the attacker's weight stays with us: 0.5·own + 0.25·a + 0.25·b
     np.testing.assert_allclose(out.mixed, [1.0, 1.0], rtol=1e-6)

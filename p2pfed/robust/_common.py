@@ -9,8 +9,8 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
-from p2pfed.robust import reasons
 from p2pfed.robust.base import DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import DefenceResult, FloatMatrix, FloatVector, Outcome, Verdict
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def screen(inp: DefenceInput) -> tuple[DefenceInput, list[Verdict]]:
         senders=tuple(inp.senders[i] for i in np.flatnonzero(finite).tolist()),
         mixing_weights=weights.astype(np.float32),
     )
-    return clean, [Verdict(s, Outcome.INVALID, reason=reasons.NON_FINITE) for s in bad]
+    return clean, [Verdict(s, Outcome.INVALID, reason=Reason.NON_FINITE) for s in bad]
 
 
 def stacked(inp: DefenceInput) -> FloatMatrix:
@@ -55,7 +55,7 @@ def result(mixed: FloatVector, verdicts: list[Verdict], invalid: list[Verdict]) 
 
 
 def weighted_verdicts(
-    senders: tuple[str, ...], weights: FloatVector, dropped_reason: str
+    senders: tuple[str, ...], weights: FloatVector, dropped_reason: Reason
 ) -> list[Verdict]:
     """KEPT with its effective weight when > 0, else DROPPED with `dropped_reason`."""
     out = []

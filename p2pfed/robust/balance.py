@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from p2pfed.robust import reasons
 from p2pfed.robust._common import result, screen, weighted_verdicts
 from p2pfed.robust.base import DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import DefenceResult, FloatMatrix, FloatVector
 
 
@@ -55,4 +55,4 @@ class Balance:
         weights = np.where(accepted, (1 - self.alpha) / max(1, int(accepted.sum())), 0.0).astype(
             np.float32
         )
-        return result(mixed, weighted_verdicts(inp.senders, weights, reasons.NOT_SELECTED), invalid)
+        return result(mixed, weighted_verdicts(inp.senders, weights, Reason.NOT_SELECTED), invalid)

@@ -84,7 +84,7 @@ import numpy.typing as npt
 from p2pfed.robust import reasons
 from p2pfed.robust._common import result, screen
 from p2pfed.robust.base import DefenceInput, Evaluator
-from p2pfed.robust.reputation import DEFAULT_PRIOR
+from p2pfed.robust.reputation import DEFAULT_PRIOR, DEFAULT_QUARANTINE_BELOW
 from p2pfed.types import DefenceResult, FloatMatrix, FloatVector, Outcome, Verdict
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ class Bristle:
     harm_factor: float = 3.0
     boost: float = 4.0  # performance weight = 1 + boost · mean per-class gain ...
     max_boost: float = 3.0  # ... capped, so one lucky candidate cannot take over
-    quarantine_below: float = 0.08  # reputation gate; matches ReputationConfig.quarantine_below
+    quarantine_below: float = DEFAULT_QUARANTINE_BELOW  # reputation gate; as ReputationConfig's
     # each kept candidate pulls us by at most this × the lower-median candidate distance: an explored far
     # vector that validation let through (dissensus scores well on our own split) moves us a bounded step
     clip_factor: float = 1.5

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from p2pfed.robust import reasons
 from p2pfed.robust._common import result, screen
 from p2pfed.robust.base import DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import DefenceResult, FloatMatrix, FloatVector, Outcome, Verdict
 
 
@@ -74,7 +74,7 @@ class ClippedGossip:
                 Outcome.KEPT,
                 weight=float(w * c),
                 score=float(c),
-                reason=reasons.CLIPPED if c < 1 else "",
+                reason=Reason.CLIPPED if c < 1 else Reason.NONE,
             )
             for s, w, c in zip(inp.senders, weights, factors, strict=True)
         ]

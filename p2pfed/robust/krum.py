@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from p2pfed.robust import reasons
 from p2pfed.robust._common import result, screen, stacked, weighted_verdicts
 from p2pfed.robust.base import DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import DefenceResult, FloatMatrix, FloatVector
 
 
@@ -57,7 +57,7 @@ def _run(inp: DefenceInput, f: int, select: int | None) -> DefenceResult:
     weights = np.zeros(m, dtype=np.float32)
     weights[chosen] = 1.0 / chosen.size
     mixed = vectors[chosen].astype(np.float64).mean(axis=0)
-    return result(mixed, weighted_verdicts(inp.senders, weights[1:], reasons.NOT_SELECTED), invalid)
+    return result(mixed, weighted_verdicts(inp.senders, weights[1:], Reason.NOT_SELECTED), invalid)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import numpy as np
 
 from p2pfed.robust._common import result, screen, stacked, weighted_verdicts
 from p2pfed.robust.base import DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import DefenceResult, FloatMatrix, FloatVector
 
 
@@ -26,5 +27,5 @@ class Mean:
         mixed = weighted_mean(stacked(inp), inp.mixing_weights)
         total = float(np.sum(inp.mixing_weights))
         return result(
-            mixed, weighted_verdicts(inp.senders, inp.mixing_weights[1:] / total, ""), invalid
+            mixed, weighted_verdicts(inp.senders, inp.mixing_weights[1:] / total, Reason.NONE), invalid
         )

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from p2pfed.robust import reasons
 from p2pfed.robust._common import result, screen, stacked, weighted_verdicts
 from p2pfed.robust.base import DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import DefenceResult, FloatMatrix, FloatVector
 
 
@@ -40,6 +40,6 @@ class Median:
         shares = median_shares(vectors)
         return result(
             coordinate_median(vectors),
-            weighted_verdicts(inp.senders, shares[1:], reasons.TRIMMED),
+            weighted_verdicts(inp.senders, shares[1:], Reason.TRIMMED),
             invalid,
         )

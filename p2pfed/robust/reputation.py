@@ -26,7 +26,8 @@ rounds after the current one (3, 6, 12, … capped at `max_cooldown` = 48); on r
 - a new identity needs 11 (Q = 1) or 2 (Q = 5) rounds of kept updates to reach 0.5, where Bristle stops
   treating it as a newcomer.
 
-`influence(id)` (used by Bristle) is the score, or 0 in quarantine.
+Defences see the scores as `DefenceInput.reputation` (`snapshot()`); the peer sets senders in quarantine
+(`is_quarantined`) aside before its defence runs.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from p2pfed.robust import reasons
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import Outcome, Verdict
 
 DEFAULT_PRIOR = 0.2
+DEFAULT_QUARANTINE_BELOW = 0.08  # below the prior, so only evidence (never newness) quarantines
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class ReputationConfig:
     missing_rate: float = 0.02
     invalid_factor: float = 0.25
     forget: float = 0.02  # per round, toward the prior
-    quarantine_below: float = 0.08  # below the prior, so only evidence (never newness) quarantines
+    quarantine_below: float = DEFAULT_QUARANTINE_BELOW  # Bristle's reputation gate uses it too
     cooldown: int = 3  # rounds, doubled for each repeated offence
     max_cooldown: int = 48
     probation: float = 0.1  # score on release: above the threshold, below the prior
@@ -70,9 +72,6 @@ class ReputationTable:
 
     def is_quarantined(self, identity: str) -> bool:
         return self._until.get(identity, -1) > self._round
-
-    def influence(self, identity: str) -> float:
-        return 0.0 if self.is_quarantined(identity) else self.score(identity)
 
     def update(self, verdicts: Iterable[Verdict], round: int) -> None:
         """Apply one defence step's verdicts (see the module docstring for the rule)."""
@@ -106,11 +105,6 @@ class ReputationTable:
         for identity, s in self._scores.items():
             if not self.is_quarantined(identity):
                 self._scores[identity] = s + c.forget * (c.prior - s)
-
-    def partner_preference(self, candidates: Iterable[str]) -> list[str]:
-        """Candidates not in quarantine, highest reputation first (ties by identity, for determinism)."""
-        free = [c for c in candidates if not self.is_quarantined(c)]
-        return sorted(free, key=lambda c: (-self.score(c), c))
 
     def snapshot(self) -> dict[str, float]:
         """identity -> score, for metrics, JSON and `DefenceInput.reputation`."""
@@ -147,13 +141,12 @@ class ReputationTable:
 
     def _penalty(self, reason: str) -> float:
         c = self.config
-        return {
-            reasons.HARMFUL: c.harm_penalty,
-            reasons.WORSE: c.worse_penalty,
-            reasons.AMPLIFIES: c.worse_penalty,
-        }.get(
-            reason, c.weak_penalty
-        )
+        penalties: dict[str, float] = {
+            Reason.HARMFUL: c.harm_penalty,
+            Reason.WORSE: c.worse_penalty,
+            Reason.AMPLIFIES: c.worse_penalty,
+        }
+        return penalties.get(reason, c.weak_penalty)
 
     def _quarantine(self, identity: str) -> None:
         c = self.config

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from p2pfed.robust import reasons
 from p2pfed.robust._common import result, screen, stacked, weighted_verdicts
 from p2pfed.robust.base import DefenceInput
+from p2pfed.robust.reasons import Reason
 from p2pfed.types import DefenceResult, FloatMatrix, FloatVector
 
 
@@ -42,4 +42,4 @@ class TrimmedMean:
         b = trim_count(vectors.shape[0], self.trim)
         shares = trimmed_shares(vectors, b)
         mixed = trimmed_mean(vectors, b)
-        return result(mixed, weighted_verdicts(inp.senders, shares[1:], reasons.TRIMMED), invalid)
+        return result(mixed, weighted_verdicts(inp.senders, shares[1:], Reason.TRIMMED), invalid)

@@ -1,0 +1,23 @@
+"""What each random stream of a run is for: the purpose word in its seed.
+
+Every generator is `np.random.default_rng([run seed, (peer index, round, ...), purpose])`, so streams of
+different purposes never share a seed. A new stream takes a new member here, never a literal at the call.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Seed(IntEnum):
+    # a peer's own streams, Peer.rng(round, ...): the word after the round is 0 for training, step + 1 in
+    # gossip step `step`, then the purpose (or, for an attack, recipient_key of the recipient)
+    LOCAL_TRAINING = 0  # a round's local training: [seed, peer, round, 0]
+    DEFENCE = 7  # the defence's random choices in one gossip step: [seed, peer, round, step + 1, 7]
+    # streams of the run's data and roles
+    TEST_SPLIT = 1  # the held-out global test set: [seed, 1] (p2pfed.learn.data.split_test)
+    VALIDATION = 0xA1  # a peer's validation split of its shard: [seed, peer, 0xA1]
+    LABEL_POISON = 0xF1  # a Byzantine peer's poisoned labels in a simulation: [seed, peer, 0xF1]
+    BYZANTINE = 0xB12  # which peers of a simulation are Byzantine: [seed, 0xB12]
+    PARTITION = 0x5EED  # the partition of the training pool into shards: [seed, 0x5EED]
+    EVAL_SAMPLE = 0xE7A1  # the test rows `export_shards(eval_rows=...)` keeps: [seed, 0xE7A1]
