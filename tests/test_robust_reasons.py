@@ -11,7 +11,6 @@ from p2pfed.robust.reasons import Reason
 ROOT = Path(__file__).resolve().parents[1]
 # (file, literal) pairs still spelt as a string: bristle.py's reputation gate, left as it is while its
 # integrator is being reworked (the text is Reason.REPUTATION's). Drop the pair when it uses the enum.
-NOT_YET_THE_ENUM = {("p2pfed/robust/bristle.py", "reputation")}
 
 
 def test_the_reasons_read_as_before() -> None:
@@ -67,8 +66,7 @@ def literal_reasons(path: Path) -> list[tuple[str, str]]:
 def test_every_verdict_reason_is_a_member_of_the_enum() -> None:
     files = [p for package in ("p2pfed", "sims", "cli") for p in sorted((ROOT / package).rglob("*.py"))]
     found = {hit for path in files for hit in literal_reasons(path)}
-    assert found - NOT_YET_THE_ENUM == set()
-    assert {text for _, text in NOT_YET_THE_ENUM} <= {r.value for r in Reason}
+    assert found == set()
 
 
 def test_the_checker_sees_a_literal_reason(tmp_path: Path) -> None:

@@ -383,7 +383,7 @@ class Bristle:
         )
         for i in np.flatnonzero(rep < self.quarantine_below).tolist():
             verdicts[i] = Verdict(
-                inp.senders[i], Outcome.QUARANTINED, score=float(rep[i]), reason="reputation"
+                inp.senders[i], Outcome.QUARANTINED, score=float(rep[i]), reason=reasons.Reason.REPUTATION
             )
         amplifies = self.amplifies(inp)
         for i in np.flatnonzero(amplifies & (rep >= self.quarantine_below)).tolist():
