@@ -594,3 +594,29 @@ def test_with_the_rounds_anchor_the_bar_is_where_the_round_started_not_what_neig
     verdicts = by_sender(Bristle()(with_update(plain, anchor, trained)))
     assert verdicts["p3"][0] is Outcome.KEPT
     assert verdicts["p4"][0] is Outcome.DROPPED
+
+
+def test_a_peer_expert_on_its_own_split_is_not_cut_off_from_its_honest_neighbours() -> None:
+    # Our 2-class split: our model scores 0.9 there, every honest neighbour about 0.5 (more than
+    # floor_margin below us), the round's anchor 0.45. Measured from our own score the floor drops them
+    # all and we train alone; measured from where the round started it keeps them. A sign-flipped model
+    # (0.05) is still dropped.
+    anchor, trained = np.full(D, -1.0), np.ones(D)
+    received = np.vstack([honest(3), -honest(1)])
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        def score(row: np.ndarray) -> float:
+            if np.allclose(row, -1.0):
+                return 0.45  # the anchor
+            if np.allclose(row, 1.0):
+                return 0.9  # our own model
+            return 0.5 if row[0] > 0 else 0.05
+
+        return np.array([[score(r), score(r)] for r in x])
+
+    inp = with_update(make_input(received, own=trained, evaluate=evaluate), anchor, trained)
+    old = by_sender(Bristle(floor_from_anchor=False)(inp))
+    assert all(old[f"p{i}"][0] is Outcome.DROPPED for i in range(3))
+    verdicts = by_sender(Bristle()(inp))
+    assert all(verdicts[f"p{i}"][0] is Outcome.KEPT for i in range(3))
+    assert verdicts["p3"][0] is Outcome.DROPPED
