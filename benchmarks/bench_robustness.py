@@ -31,7 +31,7 @@ from p2pfed.learn import LearnConfig, TaskModel  # noqa: E402
 from p2pfed.learn.partition import partition, split_validation  # noqa: E402
 from p2pfed.robust.base import DefenceInput  # noqa: E402
 from p2pfed.robust.bristle import Bristle  # noqa: E402
-from p2pfed.seeds import Seed  # noqa: E402
+from p2pfed.seeds import partition_rng, validation_rng  # noqa: E402
 
 
 def main() -> None:
@@ -54,11 +54,11 @@ def main() -> None:
         args.peers,
         "dirichlet",
         alpha=0.5,
-        rng=np.random.default_rng([0, Seed.PARTITION]),
+        rng=partition_rng(0),
     )
     peer = int(np.argsort([len(s) for s in shards])[len(shards) // 2])  # the median-sized shard
     train_idx, val_idx = split_validation(
-        shards[peer], args.val_fraction, np.random.default_rng([0, peer, Seed.VALIDATION])
+        shards[peer], args.val_fraction, validation_rng(0, peer)
     )
     own = model.initial_vector()
 

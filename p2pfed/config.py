@@ -68,9 +68,8 @@ class GossipConfig:
     lr: float = 3e-2  # Adam, fresh every round; 1e-2 learns trec 2× slower, 6e-2 oscillates (measured)
     # τ of the local loss's logit adjustment, cross-entropy(logits + τ·log π_local): a peer's skewed label
     # mix stops biasing its update against the classes it lacks (non-IID client drift); 0 = plain loss.
-    # τ = 1 is the Bayes-consistent balanced loss; 0.5 left the minority class of sms-spam under white-box
-    # attack (0.771 against 0.946). Measured at τ = 1 (docs/robustness.md): non-IID trec α=0.3 62.7 → 67.8,
-    # IID trec 82.7 → 80.5.
+    # τ = 1 is the balanced loss of Menon et al.; τ = 0.5 left sms-spam's minority class to the white-box
+    # attacker, and τ = 1 costs about 2 points on IID trec (figures: docs/robustness.md)
     logit_adjust: float = 1.0
     step_timeout: float = 60.0  # seconds a peer waits for its neighbours in one gossip step
     round_window: int = 2  # accept updates claiming rounds within this many of ours (late joiners, stragglers)

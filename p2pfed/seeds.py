@@ -1,12 +1,16 @@
 """What each random stream of a run is for: the purpose word in its seed.
 
-Every generator is `np.random.default_rng([run seed, (peer index, round, ...), purpose])`, so streams of
-different purposes never share a seed. A new stream takes a new member here, never a literal at the call.
+Every generator is `np.random.default_rng([run seed, (peer index, round, ...), purpose])`. A new stream
+takes a new member here, never a literal at the call. Known overlap, kept because fixing it changes every
+run's numbers: numpy pads a seed list with zeros, so [seed, peer, 161, LOCAL_TRAINING] (round 161's
+training) draws what [seed, peer, VALIDATION] does.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+import numpy as np
 
 
 class Seed(IntEnum):
@@ -21,3 +25,13 @@ class Seed(IntEnum):
     BYZANTINE = 0xB12  # which peers of a simulation are Byzantine: [seed, 0xB12]
     PARTITION = 0x5EED  # the partition of the training pool into shards: [seed, 0x5EED]
     EVAL_SAMPLE = 0xE7A1  # the test rows `export_shards(eval_rows=...)` keeps: [seed, 0xE7A1]
+
+
+def partition_rng(seed: int) -> np.random.Generator:
+    """The stream that partitions the training pool into the peers' shards (simulations, exported shards)."""
+    return np.random.default_rng([seed, Seed.PARTITION])
+
+
+def validation_rng(seed: int, peer: int) -> np.random.Generator:
+    """The stream that splits peer `peer`'s shard into training and validation rows (sim and daemon alike)."""
+    return np.random.default_rng([seed, peer, Seed.VALIDATION])

@@ -27,7 +27,7 @@ from p2pfed.learn.data import load_task, split_test
 from p2pfed.learn.models import resolve_model
 from p2pfed.learn.partition import partition
 from p2pfed.peer.checkpoint import load_checkpoint
-from p2pfed.seeds import Seed
+from p2pfed.seeds import Seed, partition_rng
 from p2pfed.sims.oracle import ORACLE
 from p2pfed.sims.simulate import SimConfig, SimResult, manifest_of
 
@@ -45,7 +45,7 @@ def export_shards(
     """
     data = load_task(cfg.learn.task)
     pool, test = split_test(data.labels, cfg.learn.test_size, cfg.seed)
-    rng = np.random.default_rng([cfg.seed, Seed.PARTITION])  # as in simulate._simulate
+    rng = partition_rng(cfg.seed)
     shards = partition(
         data.labels[pool], cfg.peers, cfg.partition, alpha=cfg.alpha, classes_per_peer=cfg.classes_per_peer, rng=rng
     )

@@ -35,7 +35,7 @@ from p2pfed.peer.topology import build_topology
 from p2pfed.robust.base import Defence
 from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
 from p2pfed.robust.reputation import ReputationTable
-from p2pfed.seeds import Seed
+from p2pfed.seeds import Seed, partition_rng, validation_rng
 from p2pfed.sims.oracle import ORACLE, Oracle
 from p2pfed.sims.plots import plot_accuracy
 from p2pfed.wire import Identity, Schema
@@ -137,7 +137,7 @@ async def _simulate(
     started: float,
     transport: str = "memory",
 ) -> SimResult:
-    rng = np.random.default_rng([cfg.seed, Seed.PARTITION])
+    rng = partition_rng(cfg.seed)
     shards = partition(
         model.train_labels, cfg.peers, cfg.partition, alpha=cfg.alpha, classes_per_peer=cfg.classes_per_peer, rng=rng
     )
@@ -164,8 +164,7 @@ async def _simulate(
         """The same Peer wiring whatever the transport."""
         peers: list[Peer] = []
         for i in range(cfg.peers):
-            validation_rng = np.random.default_rng([cfg.seed, i, Seed.VALIDATION])
-            train_idx, val_idx = split_validation(shards[i], cfg.val_fraction, validation_rng)
+            train_idx, val_idx = split_validation(shards[i], cfg.val_fraction, validation_rng(cfg.seed, i))
             behaviour = behaviours.get(i)
             labels = None
             if behaviour is not None:

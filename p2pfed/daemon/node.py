@@ -37,7 +37,7 @@ from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
 from p2pfed.robust.reputation import ReputationTable
-from p2pfed.seeds import Seed
+from p2pfed.seeds import validation_rng
 from p2pfed.wire import Identity, Schema
 
 if TYPE_CHECKING:
@@ -156,8 +156,9 @@ class Node:
         self, *, start_round: int, initial: np.ndarray, reputation: ReputationTable, adopt: bool = False
     ) -> Peer:
         seed = self.manifest.seed
-        validation_rng = np.random.default_rng([seed, self._index, Seed.VALIDATION])
-        train_idx, val_idx = split_validation(np.arange(self.model.pool_size), self.cfg.val_fraction, validation_rng)
+        train_idx, val_idx = split_validation(
+            np.arange(self.model.pool_size), self.cfg.val_fraction, validation_rng(seed, self._index)
+        )
         return Peer(
             index=self._index,
             identity=self.identity,

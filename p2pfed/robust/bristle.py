@@ -21,14 +21,13 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
    neighbour is often worse there than ours but not worse than the typical neighbour; a poisoned model
    is. The anchor term is new (own evidence): colluders sending copies of our own vector could raise the
    typical score until honest neighbours failed it; they cannot raise the anchor's. An honest neighbour's
-   model is about that same start plus an update on its own data. (Measured, sparse TREC grid,
-   `docs/robustness.md`: whitebox 46.1 → 53.0, dissensus 58.3 → 63.0, sign flip 42.0 → 45.6. The anchor
-   alone, without the typical term, cost 8 points on non-IID TREC: neighbours' updates on their own data
-   can cost more than `margin` on ours.) A candidate whose mean Δ is below −`margin` (about two binomial standard errors of a small
-   validation split), or whose mean drop from min(our score, the anchor's) exceeds `floor_margin` (so a
-   poisoned majority cannot lower the bar; measured from our score alone, as in 0.1, it cut a peer that
-   is an expert on its own 2–3-class split off from every honest neighbour: sparse TREC sign flip
-   47.5 → 51.7 with the anchor), is DROPPED: "harmful on validation" when it is also an outlier among
+   model is about that same start plus an update on its own data. (The anchor alone, without the typical
+   term, lost 10 points on non-IID TREC: a neighbour's update on its own data can cost more than
+   `margin` on ours. Figures: `docs/robustness.md`.) A candidate whose mean Δ is below −`margin` (about
+   two binomial standard errors of a small validation split), or whose mean drop from min(our score, the
+   anchor's) exceeds `floor_margin` (so a poisoned majority cannot lower the bar; measured from our score
+   alone, as in 0.1, it cut a peer that is an expert on its own 2–3-class split off from every honest
+   neighbour), is DROPPED: "harmful on validation" when it is also an outlier among
    the candidates (below their median Δ, capped at 0, by more than max(`harm_margin`, `harm_factor` ×
    their robust spread): strong evidence for the reputation table), else "worse on validation" (a mild
    reputation cost). For scores that are minus a loss, both margins are relative to our own loss. The
