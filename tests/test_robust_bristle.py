@@ -11,15 +11,9 @@ import pytest
 
 from p2pfed.robust import reasons
 from p2pfed.robust.base import DefenceInput
-from p2pfed.robust.bristle import (
-    Bristle,
-    cap_share,
-    duplicate_groups,
-    group_sizes,
-    integrate,
-    offsets_and_gram,
-    prioritize,
-)
+from p2pfed.robust.bristle import Bristle, prioritize
+from p2pfed.robust.evidence import integrate
+from p2pfed.robust.mixing import cap_share, duplicate_groups, group_sizes, offsets_and_gram
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.types import DefenceResult, Outcome, Verdict
 

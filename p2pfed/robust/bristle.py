@@ -75,9 +75,7 @@ Without `evaluate` (no validation data) step 3 is skipped and nothing is explore
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
-from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -85,6 +83,15 @@ import numpy.typing as npt
 from p2pfed.robust import reasons
 from p2pfed.robust._common import result, screen
 from p2pfed.robust.base import DefenceInput, Evaluator
+from p2pfed.robust.evidence import integrate
+from p2pfed.robust.mixing import (
+    cap_weights,
+    clipped_mix,
+    duplicate_groups,
+    group_sizes,
+    mix_weights,
+    offsets_and_gram,
+)
 from p2pfed.robust.reputation import DEFAULT_PRIOR, DEFAULT_QUARANTINE_BELOW
 from p2pfed.types import DefenceResult, FloatMatrix, FloatVector, Outcome, Verdict
 
@@ -136,197 +143,6 @@ def prioritize(
 def lower_median(values: Floats) -> float:
     """The lower median (an actual element, so one outlier more or less cannot move it far); 0 if empty."""
     return float(np.sort(values)[(values.size - 1) // 2]) if values.size else 0.0
-
-
-def offsets_and_gram(
-    vectors: FloatMatrix, own: FloatVector
-) -> tuple[npt.NDArray[np.floating], Floats]:
-    """(x_j − own for every row; their Gram matrix G). One matrix product gives every distance a step
-    needs: ‖x_j − own‖² = G_jj, ‖x_i − x_j‖² = G_ii + G_jj − 2·G_ij. Offsets from our own vector, not
-    the vectors themselves, keep float32 precise enough (no large norms cancel); a hostile vector large
-    enough to overflow it is handled in float64, where float32 inputs cannot."""
-    with np.errstate(over="ignore", invalid="ignore"):  # checked below
-        offsets: npt.NDArray[np.floating] = np.subtract(vectors, own[None, :], dtype=np.float32)
-        gram = (offsets @ offsets.T).astype(np.float64)  # numpy runs x·xᵀ as one symmetric product
-    if not np.isfinite(gram).all():
-        offsets = vectors.astype(np.float64) - own.astype(np.float64)[None, :]
-        gram = offsets @ offsets.T
-    return offsets, gram
-
-
-def clipped_mix(
-    own: FloatVector,
-    offsets: npt.NDArray[np.floating],
-    norms: Floats,
-    weights: Floats,
-    radius: float,
-) -> FloatVector:
-    """own + Σ_j w_j · clip(x_j − own, radius), clip(v, r) = v · min(1, r / ‖v‖), with `offsets` the
-    x_j − own and `norms` their lengths: self-centred clipping (He, Karimireddy & Jaggi, 2022) of
-    what the candidates pull us by. With `weights` summing to at most 1 and no clipping this is the
-    plain convex mix (1 − Σw)·own + Σ w_j x_j; a row with weight 0 does not count."""
-    if offsets.shape[0] == 0:
-        return own.copy()
-    factors = np.minimum(1.0, radius / np.maximum(norms, 1e-30))
-    pull = (weights * factors).astype(offsets.dtype) @ offsets  # in the offsets' precision
-    return (own + pull).astype(own.dtype)
-
-
-def duplicate_groups(gram: Floats, within: float) -> Indices:
-    """A group label per row of the Gram matrix `gram` (of the vectors, or of their offsets from one
-    common point): rows linked by distances ≤ `within` share one (connected components).
-
-    Honest peers train on different data, so their vectors are never this close; colluding identities
-    that send one crafted vector (Sybil, omniscient attackers) are."""
-    k = gram.shape[0]
-    group = np.arange(k)
-    if k < 2 or within <= 0:
-        return group
-    squares = np.diag(gram)
-    close = squares[:, None] + squares[None, :] - 2 * gram <= within**2
-    for _ in range(k):  # label propagation to connected components (k is small)
-        smallest = np.min(np.where(close, group[None, :], k), axis=1)
-        if np.array_equal(smallest, group):
-            break
-        group = smallest
-    return group
-
-
-def group_sizes(labels: Indices) -> Floats:
-    """For each entry, how many entries share its (non-negative) label. Dividing each member's weight
-    by the size of its near-duplicate group (`duplicate_groups`) makes the group count as one
-    neighbour."""
-    return np.bincount(labels)[labels].astype(np.float64)
-
-
-def informative_classes(scores: Floats) -> npt.NDArray[np.bool_]:
-    """Classes whose F1 says something: some row scores strictly between 0 and 1. A class absent from
-    the validation split scores exactly 0 or 1 for every model (one stray prediction flips it), so it
-    is left out; when no class qualifies (e.g. a 1-column loss score), all are used."""
-    finite = np.isfinite(scores)
-    # numpy types .any(axis=...) `bool | array`: with an axis of a 2-D array it is a 1-D array
-    inside = cast(npt.NDArray[np.bool_], (finite & (scores > 0.0) & (scores < 1.0)).any(axis=0))
-    return inside if inside.any() else np.ones(scores.shape[1], dtype=bool)
-
-
-def loss_scale(own: Floats) -> float:
-    """1 for F1 scores (all in [0, 1]); for other scores (minus a loss) the size of our own, so that
-    `margin` reads as a relative loss increase."""
-    finite = own[np.isfinite(own)]
-    if finite.size == 0 or ((finite >= 0.0) & (finite <= 1.0)).all():
-        return 1.0
-    return max(float(np.abs(finite).mean()), 1e-12)
-
-
-def integrate(
-    scores: FloatMatrix,
-    *,
-    margin: float,
-    floor_margin: float,
-    reference_quantile: float,
-    harm_margin: float,
-    harm_factor: float,
-    boost: float,
-    max_boost: float,
-    baseline: FloatVector | None = None,
-    floor_from_anchor: bool = False,
-) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats]:
-    """From (1 + k, c) validation scores of [own, *candidates], and optionally the (c,) scores of the
-    round's anchor (`baseline`): (worse mask, harmful mask, performance weight, evidence score = mean Δ
-    over informative classes)."""
-    s = np.asarray(scores, dtype=np.float64)
-    informative = informative_classes(s)
-    s = s[:, informative]
-    finite = bool(np.isfinite(s).all())  # usually; then the masking of non-finite scores is skipped
-    if not finite:
-        s = np.nan_to_num(s, nan=-np.inf)
-    # Our own model is tuned to our own (skewed) split, so an honest non-IID neighbour's model is often
-    # worse there than ours; what marks a poisoned model is being worse than the typical model we see,
-    # and than where the round started (the anchor's scores, `baseline`), which no neighbour sets.
-    reference = s[0]
-    if s.shape[0] > 2:
-        reference = np.fmin(s[0], typical_scores(s, reference_quantile))
-    floor = s[0]
-    if baseline is not None:
-        # where this round started, before our own data moved us: an honest neighbour's model is that
-        # start plus its own update, so it is not worse than it on our split (the anchor is our evidence)
-        start = np.asarray(baseline, dtype=np.float64)[informative]
-        reference = np.where(np.isfinite(start), np.fmin(reference, start), reference)
-        if floor_from_anchor:
-            floor = np.where(np.isfinite(start), np.fmin(floor, start), floor)
-    if finite:
-        delta, own_drop = s[1:] - reference, s[1:] - floor
-    else:
-        delta = np.where(np.isneginf(s[1:]), -np.inf, np.nan_to_num(s[1:] - reference, nan=0.0))
-        own_drop = np.nan_to_num(s[1:] - floor, nan=0.0)
-    mean_delta = delta.mean(axis=1)
-    own_delta = own_drop.mean(axis=1)
-    scale = loss_scale(s[0])
-    worse = (mean_delta < -margin * scale) | (own_delta < -floor_margin * scale)
-    harmful = worse.copy()
-    if worse.any():  # which of the worse are also outliers
-        harmful &= mean_delta < scale * harm_threshold(mean_delta / scale, harm_margin, harm_factor)
-    gain = np.clip(delta, 0.0, None).mean(axis=1)
-    perf = np.minimum(max_boost, 1.0 + boost * gain)
-    return worse, harmful, perf, mean_delta
-
-
-def typical_scores(scores: Floats, quantile: float) -> Floats:
-    """Per class, the `quantile` of the finite scores (NaN where there are none)."""
-    if np.isfinite(scores).all():
-        return np.quantile(scores, quantile, axis=0)  # nanquantile is ~6x slower
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN class
-        return np.nanquantile(np.where(np.isfinite(scores), scores, np.nan), quantile, axis=0)
-
-
-def harm_threshold(mean_delta: Floats, harm_margin: float, harm_factor: float) -> float:
-    """Below this a candidate is an outlier: under the candidates' median Δ (if at least three, and
-    never above 0) by more than max(harm_margin, harm_factor × robust spread of Δ)."""
-    finite = mean_delta[np.isfinite(mean_delta)]
-    if finite.size < 3:
-        return -harm_margin
-    centre = float(np.median(finite))
-    spread = 1.4826 * float(np.median(np.abs(finite - centre)))
-    return min(centre, 0.0) - max(harm_margin, harm_factor * spread)
-
-
-def cap_share(weights: Floats, members: npt.NDArray[np.bool_], cap: float) -> Floats:
-    """Rescale `members` so their share of the (normalized) weights is at most `cap`."""
-    total = weights.sum()
-    w = weights / total
-    share = w[members].sum()
-    if share <= cap or share >= 1.0:
-        return w
-    w[members] *= cap * (1 - share) / (share * (1 - cap))
-    return w / w.sum()
-
-
-def mix_weights(
-    mh: Floats, perf: Floats, rep: Floats, newcomer_below: float, newcomer_cap: float
-) -> Floats:
-    """Weights over [self, *kept]: the kept candidates share their total Metropolis-Hastings mass in
-    proportion to MH weight × performance weight × trust, trust = reputation / the best kept reputation
-    (relative, so in a fresh network where everyone is new nobody is starved); dropped candidates' mass
-    stays with us. When established candidates (reputation ≥ `newcomer_below`) are kept, newcomers
-    together get at most `newcomer_cap` of the mix."""
-    if mh.size == 1 or mh[1:].sum() <= 0:
-        return np.eye(1, mh.size)[0]
-    trust = rep / rep.max() if rep.max() > 0 else np.ones_like(rep)
-    raw = mh[1:] * perf * trust
-    kept = raw * mh[1:].sum() / raw.sum() if raw.sum() > 0 else np.zeros_like(raw)
-    weights = np.concatenate([[max(0.0, mh.sum() - kept.sum())], kept])
-    weights /= weights.sum()
-    established = rep >= newcomer_below
-    if established.any():
-        weights = cap_share(weights, np.concatenate([[False], ~established]), newcomer_cap)
-    return weights
-
-
-def cap_weights(weights: Floats, caps: Floats) -> Floats:
-    """Weights over [self, *kept] with each kept one at most its cap; the excess stays with us."""
-    capped = np.minimum(weights[1:], caps)
-    return np.concatenate([[1.0 - capped.sum()], capped])
 
 
 def own_unit(inp: DefenceInput) -> float | None:

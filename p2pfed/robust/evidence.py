@@ -1,0 +1,110 @@
+"""Validation evidence: from the scores of [own, *candidates] on our own validation split, which
+candidates are worse, which are harmful outliers, and how much each is worth (Bristle's integrator).
+
+Pure numpy. The scores are per-class F1 (classification) or minus a loss (instruction data); see
+`p2pfed.robust.base.Evaluator`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+
+from p2pfed.types import FloatMatrix, FloatVector
+
+Floats = npt.NDArray[np.float64]
+
+
+def informative_classes(scores: Floats) -> npt.NDArray[np.bool_]:
+    """Classes whose F1 says something: some row scores strictly between 0 and 1. A class absent from
+    the validation split scores exactly 0 or 1 for every model (one stray prediction flips it), so it
+    is left out; when no class qualifies (e.g. a 1-column loss score), all are used."""
+    finite = np.isfinite(scores)
+    # numpy types .any(axis=...) `bool | array`: with an axis of a 2-D array it is a 1-D array
+    inside = cast(npt.NDArray[np.bool_], (finite & (scores > 0.0) & (scores < 1.0)).any(axis=0))
+    return inside if inside.any() else np.ones(scores.shape[1], dtype=bool)
+
+
+def loss_scale(own: Floats) -> float:
+    """1 for F1 scores (all in [0, 1]); for other scores (minus a loss) the size of our own, so that
+    `margin` reads as a relative loss increase."""
+    finite = own[np.isfinite(own)]
+    if finite.size == 0 or ((finite >= 0.0) & (finite <= 1.0)).all():
+        return 1.0
+    return max(float(np.abs(finite).mean()), 1e-12)
+
+
+def integrate(
+    scores: FloatMatrix,
+    *,
+    margin: float,
+    floor_margin: float,
+    reference_quantile: float,
+    harm_margin: float,
+    harm_factor: float,
+    boost: float,
+    max_boost: float,
+    baseline: FloatVector | None = None,
+    floor_from_anchor: bool = False,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats]:
+    """From (1 + k, c) validation scores of [own, *candidates], and optionally the (c,) scores of the
+    round's anchor (`baseline`): (worse mask, harmful mask, performance weight, evidence score = mean Δ
+    over informative classes)."""
+    s = np.asarray(scores, dtype=np.float64)
+    informative = informative_classes(s)
+    s = s[:, informative]
+    finite = bool(np.isfinite(s).all())  # usually; then the masking of non-finite scores is skipped
+    if not finite:
+        s = np.nan_to_num(s, nan=-np.inf)
+    # Our own model is tuned to our own (skewed) split, so an honest non-IID neighbour's model is often
+    # worse there than ours; what marks a poisoned model is being worse than the typical model we see,
+    # and than where the round started (the anchor's scores, `baseline`), which no neighbour sets.
+    reference = s[0]
+    if s.shape[0] > 2:
+        reference = np.fmin(s[0], typical_scores(s, reference_quantile))
+    floor = s[0]
+    if baseline is not None:
+        # where this round started, before our own data moved us: an honest neighbour's model is that
+        # start plus its own update, so it is not worse than it on our split (the anchor is our evidence)
+        start = np.asarray(baseline, dtype=np.float64)[informative]
+        reference = np.where(np.isfinite(start), np.fmin(reference, start), reference)
+        if floor_from_anchor:
+            floor = np.where(np.isfinite(start), np.fmin(floor, start), floor)
+    if finite:
+        delta, own_drop = s[1:] - reference, s[1:] - floor
+    else:
+        delta = np.where(np.isneginf(s[1:]), -np.inf, np.nan_to_num(s[1:] - reference, nan=0.0))
+        own_drop = np.nan_to_num(s[1:] - floor, nan=0.0)
+    mean_delta = delta.mean(axis=1)
+    own_delta = own_drop.mean(axis=1)
+    scale = loss_scale(s[0])
+    worse = (mean_delta < -margin * scale) | (own_delta < -floor_margin * scale)
+    harmful = worse.copy()
+    if worse.any():  # which of the worse are also outliers
+        harmful &= mean_delta < scale * harm_threshold(mean_delta / scale, harm_margin, harm_factor)
+    gain = np.clip(delta, 0.0, None).mean(axis=1)
+    perf = np.minimum(max_boost, 1.0 + boost * gain)
+    return worse, harmful, perf, mean_delta
+
+
+def typical_scores(scores: Floats, quantile: float) -> Floats:
+    """Per class, the `quantile` of the finite scores (NaN where there are none)."""
+    if np.isfinite(scores).all():
+        return np.quantile(scores, quantile, axis=0)  # nanquantile is ~6x slower
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN class
+        return np.nanquantile(np.where(np.isfinite(scores), scores, np.nan), quantile, axis=0)
+
+
+def harm_threshold(mean_delta: Floats, harm_margin: float, harm_factor: float) -> float:
+    """Below this a candidate is an outlier: under the candidates' median Δ (if at least three, and
+    never above 0) by more than max(harm_margin, harm_factor × robust spread of Δ)."""
+    finite = mean_delta[np.isfinite(mean_delta)]
+    if finite.size < 3:
+        return -harm_margin
+    centre = float(np.median(finite))
+    spread = 1.4826 * float(np.median(np.abs(finite - centre)))
+    return min(centre, 0.0) - max(harm_margin, harm_factor * spread)
