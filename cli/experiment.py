@@ -142,8 +142,9 @@ def experiment(
     few = fit_degree(n) if isinstance(n, int) and n >= 2 else DEFAULT_DEGREE
     if "degree" not in base and few < DEFAULT_DEGREE:  # the default degree, fitted to a few peers
         base["degree"] = few
-        click.echo(f"note: {few + 1} peers: degree {few} (every peer linked to every other) instead of "
-                   f"the default {DEFAULT_DEGREE}")
+        if base.get("topology", default_base().topology) in ("regular", "small-world"):
+            click.echo(f"note: {few + 1} peers: degree {few} (every peer linked to every other) instead of "
+                       f"the default {DEFAULT_DEGREE}")
     grid = dict(data.get("grid", {}))
     axes = {
         "attacks": _split(attacks), "defences": _split(defences), "byzantine": _numbers(byzantine, "--byzantine"),

@@ -110,3 +110,11 @@ def test_a_sparse_experiment_of_64_peers_gets_past_its_checks(no_model: None, tm
     assert result.exit_code == 0, result.output
     assert "1 cells run, 0 already done, 1 failed" in result.output  # failed where the model would load
     assert "NoModel" in (tmp_path / "results.jsonl").read_text()
+
+
+def test_experiment_defaults_work_on_a_few_peers(tmp_path: Path) -> None:
+    args = ["experiment", "--peers", "3", "--topology", "regular", "--attacks", "none", "--defences", "mean", "--byzantine", "1",
+            "--list", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "degree 2 (every peer linked to every other)" in result.output and "1 cells, 1 to run" in result.output
