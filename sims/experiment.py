@@ -121,11 +121,20 @@ class Grid:
                 isinstance(value, float) and value >= 1 and not value.is_integer()
             ):
                 raise ConfigError(f"byzantine values are counts (5) or fractions of the peers (0.25), got {value!r}")
-        for name in self.defences:  # fail now, with the registry's list of names, not an hour into the grid
-            load_defence(DEFAULT_DEFENCE if name == ORACLE else name, **self.defence_params.get(name, {}))
+        problems = []  # fail now, with the registry's list of names, not an hour into the grid; all at once
+        for name in self.defences:
+            try:
+                load_defence(DEFAULT_DEFENCE if name == ORACLE else name, **self.defence_params.get(name, {}))
+            except ConfigError as exc:
+                problems.append(str(exc))
         for name in self.attacks:
-            if name != ATTACK_FREE:
-                load_behaviour(name, count=1, **self.attack_params.get(name, {}))
+            try:
+                if name != ATTACK_FREE:
+                    load_behaviour(name, count=1, **self.attack_params.get(name, {}))
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("\n".join(problems))
         for kind, params, names in (
             ("attack", self.attack_params, self.attacks),
             ("defence", self.defence_params, self.defences),
