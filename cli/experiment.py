@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from p2pfed.cli.options import key_values
-from p2pfed.peer.topology import TOPOLOGIES
+from p2pfed.peer.topology import DEFAULT_DEGREE, TOPOLOGIES, fit_degree
+from p2pfed.sims.placement import PLACEMENTS
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -72,7 +73,13 @@ def _parse_params(values: tuple[str, ...], option: str) -> dict[str, dict[str, A
 @click.option("--rho", type=float, help="SAM radius.")
 @click.option("--lr", type=float, help="Local learning rate.")
 @click.option("--topology", type=click.Choice(TOPOLOGIES), help="Communication graph.")
-@click.option("--degree", type=int, help="Neighbours per peer (regular, small-world).")
+@click.option("--degree", type=int,
+              help=f"Neighbours per peer (regular, small-world). [default: {DEFAULT_DEGREE}, or peers-1 on "
+                   f"fewer than {DEFAULT_DEGREE + 1} peers]")
+@click.option("--placement", type=click.Choice(PLACEMENTS),
+              help="Where the Byzantine peers sit on the graph: random (drawn from the seed), or eclipse "
+                   "(around honest victims, all but one of each victim's neighbours Byzantine; see "
+                   "`p2pfed sim --help`). [default: random]")
 @click.option("--partition", type=click.Choice(["iid", "dirichlet", "k-classes"]), help="Data split over peers.")
 @click.option("--alpha", type=float, help="Dirichlet concentration; smaller = more non-IID.")
 @click.option("--model", help="'minilm', 'smollm2' or a local HuggingFace model directory.")
@@ -94,7 +101,7 @@ def experiment(
     config_file: Path | None, attacks: str | None, defences: str | None, byzantine: str | None,
     seeds: str | None, workers: int | None, peers: int | None, rounds: int | None, local_steps: int | None,
     gossip_steps: int | None, rho: float | None, lr: float | None, topology: str | None, degree: int | None,
-    partition: str | None, alpha: float | None, model: str | None, task: str | None,
+    placement: str | None, partition: str | None, alpha: float | None, model: str | None, task: str | None,
     settings: tuple[str, ...], attack_params: tuple[str, ...], defence_params: tuple[str, ...], out: Path | None, keep_runs: bool, list_only: bool, report_only: bool,
 ) -> None:
     """Run a grid of simulations and write a report comparing defences under attacks.
@@ -114,7 +121,7 @@ def experiment(
       p2pfed experiment --config grid.toml --workers 2 --out runs/my-grid
       p2pfed experiment --list                            (what would run, and what is done)
     """
-    from p2pfed.sims.experiment import experiment_from_mapping, read_toml
+    from p2pfed.sims.experiment import default_base, experiment_from_mapping, read_toml
     from p2pfed.sims.grid_runner import CONFIG, RESULTS, run_grid
     from p2pfed.sims.report import load_results, write_report
 
@@ -126,11 +133,18 @@ def experiment(
     base = dict(data.get("base", {}))
     flags = {
         "peers": peers, "rounds": rounds, "local_steps": local_steps, "gossip_steps": gossip_steps, "rho": rho,
-        "lr": lr, "topology": topology, "degree": degree, "partition": partition, "alpha": alpha,
-        "model": model, "task": task,
+        "lr": lr, "topology": topology, "degree": degree, "placement": placement, "partition": partition,
+        "alpha": alpha, "model": model, "task": task,
     }
     base.update({k: v for k, v in flags.items() if v is not None})
     base.update(key_values(settings, "--set"))
+    n = base.get("peers", default_base().peers)
+    few = fit_degree(n) if isinstance(n, int) and n >= 2 else DEFAULT_DEGREE
+    if "degree" not in base and few < DEFAULT_DEGREE:  # the default degree, fitted to a few peers
+        base["degree"] = few
+        if base.get("topology", default_base().topology) in ("regular", "small-world"):
+            click.echo(f"note: {few + 1} peers: degree {few} (every peer linked to every other) instead of "
+                       f"the default {DEFAULT_DEGREE}")
     grid = dict(data.get("grid", {}))
     axes = {
         "attacks": _split(attacks), "defences": _split(defences), "byzantine": _numbers(byzantine, "--byzantine"),

@@ -11,8 +11,9 @@ from tqdm import tqdm
 from p2pfed.cli.options import key_values
 from p2pfed.config import GossipConfig
 from p2pfed.learn import LearnConfig
-from p2pfed.peer.topology import TOPOLOGIES
+from p2pfed.peer.topology import DEFAULT_DEGREE, TOPOLOGIES, fit_degree
 from p2pfed.robust.registry import DEFAULT_DEFENCE
+from p2pfed.sims.placement import PLACEMENTS
 
 
 @click.command()
@@ -30,7 +31,9 @@ from p2pfed.robust.registry import DEFAULT_DEFENCE
                    "down the classes it lacks (non-IID); 0 = plain cross-entropy.")
 @click.option("--topology", type=click.Choice(TOPOLOGIES), default="regular", show_default=True,
               help="Communication graph.")
-@click.option("--degree", default=4, show_default=True, help="Neighbours per peer (regular, small-world).")
+@click.option("--degree", type=int, default=None,
+              help=f"Neighbours per peer (regular, small-world). [default: {DEFAULT_DEGREE}, or peers-1 "
+                   f"(a complete graph) on fewer than {DEFAULT_DEGREE + 1} peers]")
 @click.option("--edge-probability", default=0.3, show_default=True, help="Edge probability (erdos-renyi).")
 @click.option("--partition", type=click.Choice(["iid", "dirichlet", "k-classes"]), default="dirichlet",
               show_default=True, help="How the data is split over peers.")
@@ -49,6 +52,10 @@ from p2pfed.robust.registry import DEFAULT_DEFENCE
 @click.option("--adapt-layers", default=LearnConfig.adapt_layers, show_default=True,
               help="LoRA on the top N transformer layers; lower layers are frozen and computed once.")
 @click.option("--byzantine", default=0, show_default=True, help="How many peers are Byzantine.")
+@click.option("--placement", type=click.Choice(PLACEMENTS), default="random", show_default=True,
+              help="Where the Byzantine peers sit on the graph. random: drawn from the seed; eclipse: around "
+                   "honest victims (drawn from the seed, as many as --byzantine allows), all but one of each "
+                   "victim's neighbours Byzantine. The run's summary lists the victims.")
 @click.option("--attack", default="none", show_default=True,
               help="Behaviour of the Byzantine peers: a built-in name or 'module:Class'.")
 @click.option("--attack-param", multiple=True, metavar="KEY=VALUE", help="Parameter of the attack (repeatable).")
@@ -67,9 +74,9 @@ from p2pfed.robust.registry import DEFAULT_DEFENCE
                    "they link as join does (each to every peer it finds, up to 16), not by --topology.")
 def sim(
     peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, logit_adjust: float,
-    topology: str, degree: int, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
+    topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
-    attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
+    placement: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
     seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool,
 ) -> None:
     """Simulate a p2pfed network of N peers in this process.
@@ -79,11 +86,17 @@ def sim(
     config.json, metrics.jsonl, summary.json, reputation.json, accuracy.png and adapters/peer-NN/
     (peft adapter directories) to --out.
     """
-    from p2pfed.sims.simulate import SimConfig, run_simulation, validate
+    from p2pfed.sims.simulate import SimConfig, placement_of, run_simulation, validate
 
     if processes:
         if transport != "libp2p":
             raise click.BadParameter("--processes needs --transport libp2p")
+        if placement != "random":
+            raise click.BadParameter(
+                "--processes peers choose their own neighbours, so there is no graph to place Byzantine "
+                "peers on: drop --processes or --placement",
+                param_hint="--placement",
+            )
         explicit = click.get_current_context().get_parameter_source("topology")
         if topology != "complete" and explicit is click.core.ParameterSource.COMMANDLINE:
             raise click.BadParameter(
@@ -93,6 +106,11 @@ def sim(
                 param_hint="--topology",
             )
 
+    if degree is None:
+        degree = fit_degree(peers)
+        if degree < DEFAULT_DEGREE and topology in ("regular", "small-world"):
+            click.echo(f"note: {peers} peers: --degree {degree} (every peer linked to every other) instead of "
+                       f"the default {DEFAULT_DEGREE}")
     cfg = SimConfig(
         peers=peers,
         topology=topology,
@@ -102,6 +120,7 @@ def sim(
         alpha=alpha,
         classes_per_peer=classes_per_peer,
         byzantine=byzantine,
+        placement=placement,
         attack=attack,
         attack_params=key_values(attack_param, "--attack-param"),
         defence=defence,
@@ -122,6 +141,10 @@ def sim(
         ),
     )
     validate(cfg)
+    if placement == "eclipse":
+        chosen = placement_of(cfg)
+        click.echo(f"eclipse placement: Byzantine peers {chosen.byzantine} surround honest peers "
+                   f"{chosen.victims or '(none: too few Byzantine peers for any neighbourhood)'}")
     out = out or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
     click.echo(f"p2pfed sim: {peers} peers, {rounds} rounds, K={local_steps}, Q={gossip_steps}, rho={rho} "
                f"on {cfg.learn.task} with {model} over {transport}{' processes' if processes else ''} -> {out}")
@@ -161,6 +184,11 @@ def _print_table(summary: dict) -> None:  # type: ignore[type-arg]
     final = summary["final"]
     if summary["byzantine_peers"]:
         click.echo(f"Byzantine peers (excluded above): {summary['byzantine_peers']} ({summary['attack']})")
+        if final.get("byzantine_share_max") is not None:
+            click.echo(f"worst-off honest peer: {final['byzantine_share_max']:.0%} of its neighbours Byzantine "
+                       f"(peer {final['byzantine_share_max_peer']})")
+        if summary.get("placement") == "eclipse":
+            click.echo(f"eclipse victims (one honest neighbour left): {summary['eclipse_victims'] or 'none'}")
     click.echo(
         f"final honest accuracy {final['honest_accuracy_mean']:.4f} ± {final['honest_accuracy_std']:.4f}"
         f", worst honest peer {final['honest_accuracy_min']:.4f}  in {summary['wall_seconds']:.0f} s"

@@ -28,7 +28,7 @@ from p2pfed.sims.oracle import ORACLE
 from p2pfed.sims.report import (
     ATTACK_FREE,  # the baseline row: no attack, 0 Byzantine, once per defence/seed
 )
-from p2pfed.sims.simulate import SimConfig
+from p2pfed.sims.simulate import SimConfig, validate
 
 ALL = "all"  # in an attacks/defences list: every registered name
 # SimConfig fields the grid sets per cell; in [base] they would be silently overridden, so they are refused.
@@ -121,11 +121,20 @@ class Grid:
                 isinstance(value, float) and value >= 1 and not value.is_integer()
             ):
                 raise ConfigError(f"byzantine values are counts (5) or fractions of the peers (0.25), got {value!r}")
-        for name in self.defences:  # fail now, with the registry's list of names, not an hour into the grid
-            load_defence(DEFAULT_DEFENCE if name == ORACLE else name, **self.defence_params.get(name, {}))
+        problems = []  # fail now, with the registry's list of names, not an hour into the grid; all at once
+        for name in self.defences:
+            try:
+                load_defence(DEFAULT_DEFENCE if name == ORACLE else name, **self.defence_params.get(name, {}))
+            except ConfigError as exc:
+                problems.append(str(exc))
         for name in self.attacks:
-            if name != ATTACK_FREE:
-                load_behaviour(name, count=1, **self.attack_params.get(name, {}))
+            try:
+                if name != ATTACK_FREE:
+                    load_behaviour(name, count=1, **self.attack_params.get(name, {}))
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("\n".join(problems))
         for kind, params, names in (
             ("attack", self.attack_params, self.attacks),
             ("defence", self.defence_params, self.defences),
@@ -161,9 +170,15 @@ class Cell:
         return f"{self.attack}/{self.defence} byz={self.byzantine} seed={self.seed}"
 
 
+# SimConfig fields added after grids were first run: hashed only when they differ from these values, so
+# that a grid run before they existed keeps its cell ids (and resumes instead of starting again)
+_HASHED_UNLESS = {"placement": "random"}
+
+
 def cell_id(cfg: SimConfig) -> str:
     """Stable across processes and runs: the hash of the cell's whole configuration."""
-    canonical = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+    fields = {k: v for k, v in cfg.to_dict().items() if k not in _HASHED_UNLESS or v != _HASHED_UNLESS[k]}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(b"p2pfed-cell:" + canonical.encode()).hexdigest()[:16]
 
 
@@ -202,6 +217,24 @@ class ExperimentConfig:
         mapping["grid"].pop("workers")
         canonical = json.dumps(mapping, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """Every cell's options checked as `p2pfed sim` checks them (graph, Byzantine count and placement,
+    attack, defence), before any model loads; the invalid cells are reported together, grouped by
+    what is wrong with them."""
+    problems: dict[str, list[str]] = {}
+    for cell in cells:
+        try:
+            validate(cell.config)
+        except ConfigError as exc:
+            problems.setdefault(str(exc), []).append(cell.label)
+    if problems:
+        count = sum(len(labels) for labels in problems.values())
+        lines = [f"{count} of {len(cells)} cells cannot run, so none was started:"]
+        for message, labels in problems.items():
+            lines.append(f"- {message}\n  cells: {', '.join(labels)}")
+        raise ConfigError("\n".join(lines))
 
 
 # -- TOML ------------------------------------------------------------------------------------------
@@ -289,6 +322,7 @@ __all__ = [
     "attack_names",
     "base_from_mapping",
     "cell_id",
+    "check_cells",
     "default_base",
     "defence_names",
     "experiment_from_mapping",

@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from p2pfed.config import write_atomic
 from p2pfed.learn import LearnConfig, TaskModel
-from p2pfed.sims.experiment import Cell, ExperimentConfig, to_toml
+from p2pfed.sims.experiment import Cell, ExperimentConfig, check_cells, to_toml
 from p2pfed.sims.report import load_results, write_report
 from p2pfed.sims.simulate import run_simulation
 
@@ -95,11 +95,13 @@ def run_grid(
 ) -> GridResult:
     """Run every cell of `cfg` that has no "ok" row in `out/results.jsonl` yet, then write the report.
 
-    A failing cell is recorded with its error and the grid goes on; an interrupt (Ctrl-C) stops the
+    Every cell's options are checked first (`check_cells`): one that cannot run stops the grid before
+    anything starts, with the list of every such cell. A failing cell is recorded with its error and the grid goes on; an interrupt (Ctrl-C) stops the
     workers and propagates, leaving every finished cell recorded for the next run.
     """
     started = time.perf_counter()
     cells = cfg.cells()
+    check_cells(cells)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / CONFIG, to_toml(cfg).encode())
     results = out / RESULTS

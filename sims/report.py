@@ -41,6 +41,7 @@ class CellStats:
     curve: tuple[tuple[int, float], ...]  # (round, honest accuracy mean over seeds)
     worst: float | None = None  # the worst honest peer's final accuracy, over every seed (None: not recorded)
     majority_baseline: float | None = None  # accuracy of always answering the test set's most common class
+    byzantine_share: float | None = None  # the worst-off honest peer's share of Byzantine neighbours, max over seeds
 
     @property
     def fails_baseline(self) -> bool:
@@ -138,6 +139,7 @@ def _stats(group: list[dict[str, Any]]) -> CellStats:
     curve = tuple((rnd, float(np.mean(v))) for rnd, v in sorted(by_round.items()))
     worsts = [float(w) for r in group if (w := r["final"].get("honest_accuracy_min")) is not None]
     baselines = [float(b) for r in group if (b := r["final"].get("majority_baseline")) is not None]
+    shares = [float(b) for r in group if (b := r["final"].get("byzantine_share_max")) is not None]
     return CellStats(
         mean=float(np.mean(finals)),
         sd=sd,
@@ -145,6 +147,7 @@ def _stats(group: list[dict[str, Any]]) -> CellStats:
         curve=curve,
         worst=min(worsts) if len(worsts) == len(group) else None,
         majority_baseline=max(baselines) if baselines else None,
+        byzantine_share=max(shares) if shares else None,
     )
 
 
@@ -208,6 +211,18 @@ def baseline_summary(table: GridTable) -> str | None:
     return text + "Every honest peer ends above it in every cell."
 
 
+def exposure_summary(table: GridTable) -> str | None:
+    """One sentence: the largest share of Byzantine neighbours an honest peer has, per Byzantine count."""
+    shares: dict[int, float] = {}
+    for ((attack, count), _), stats in table.stats.items():
+        if attack != ATTACK_FREE and stats.byzantine_share is not None:
+            shares[count] = max(shares.get(count, 0.0), stats.byzantine_share)
+    if not shares:
+        return None
+    parts = [f"{_pct(share)}% with {count} Byzantine" for count, share in sorted(shares.items())]
+    return "Worst-off honest peer's share of Byzantine neighbours (on the graph, over seeds): " + ", ".join(parts) + "."
+
+
 def drop_table(table: GridTable) -> str:
     """Points of accuracy each defence loses under each attack, vs the same defence without attack."""
     head = ["attack", *table.defences]
@@ -262,6 +277,8 @@ def render_markdown(
         "",
         "![final honest accuracy, defence × attack](heatmap.png)",
     ]
+    if (exposure := exposure_summary(table)) is not None:
+        parts += ["", exposure]
     if any(s.worst is not None for s in table.stats.values()):
         parts += [
             "",

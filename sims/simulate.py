@@ -2,11 +2,15 @@
 
 Writes a run directory: config.json, metrics.jsonl (one row per peer per round), summary.json,
 reputation.json, accuracy.png and each peer's final adapter as a peft adapter directory.
+
+The graph is static: drawn once from the seed (`p2pfed.peer.topology`), the Byzantine peers placed on it
+(`p2pfed.sims.placement`), and each peer's share of Byzantine neighbours recorded in every row.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -31,12 +35,13 @@ from p2pfed.net.memory import MemoryNetwork
 from p2pfed.net.transport import Transport
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
-from p2pfed.peer.topology import build_topology
+from p2pfed.peer.topology import DEFAULT_DEGREE, build_topology
 from p2pfed.robust.base import Defence
 from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.seeds import Seed, partition_rng, validation_rng
 from p2pfed.sims.oracle import ORACLE, Oracle
+from p2pfed.sims.placement import Placement, byzantine_shares, place_byzantine
 from p2pfed.sims.plots import plot_accuracy
 from p2pfed.wire import Identity, Schema
 
@@ -49,13 +54,14 @@ TRANSPORTS = ("memory", "libp2p")
 class SimConfig:
     peers: int = 10
     topology: str = "regular"
-    degree: int = 4  # neighbours per peer (regular, small-world)
+    degree: int = DEFAULT_DEGREE  # neighbours per peer (regular, small-world)
     edge_probability: float = 0.3  # erdos-renyi
     partition: str = "dirichlet"
     alpha: float = 0.5  # Dirichlet concentration; smaller = more non-IID
     classes_per_peer: int = 2  # k-classes partition
     val_fraction: float = 0.15  # of each peer's shard held out for its own validation (defences)
     byzantine: int = 0  # how many peers are Byzantine
+    placement: str = "random"  # where they sit on the graph: "random", or "eclipse" (around honest victims)
     attack: str = "none"
     attack_params: dict[str, Any] = field(default_factory=dict)
     defence: str = DEFAULT_DEFENCE  # Bristle-style with reputation; "mean" is plain D-PSGD mixing
@@ -83,19 +89,31 @@ class SimResult:
     vectors: list[np.ndarray] = field(default_factory=list)  # each peer's final flat adapter vector
 
 
-def byzantine_indices(cfg: SimConfig) -> list[int]:
-    if not 0 <= cfg.byzantine < cfg.peers:
-        raise ConfigError(f"--byzantine must be between 0 and peers-1 ({cfg.peers - 1}), got {cfg.byzantine}")
+def topology_of(cfg: SimConfig) -> tuple[tuple[int, ...], ...]:
+    """The run's static graph: each peer's neighbour indices."""
+    return _cached_topology(cfg.topology, cfg.peers, cfg.degree, cfg.edge_probability, cfg.seed)
+
+
+@functools.lru_cache(maxsize=8)  # an experiment validates many cells on the same graph
+def _cached_topology(name: str, peers: int, degree: int, p: float, seed: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(map(tuple, build_topology(name, peers, degree=degree, p=p, seed=seed)))
+
+
+def placement_of(cfg: SimConfig) -> Placement:
+    """Which peers are Byzantine (and, with eclipse placement, which honest peers they surround)."""
+    placement = place_byzantine(cfg.placement, topology_of(cfg), cfg.byzantine, cfg.seed)
     if cfg.byzantine and cfg.attack == "none":
         raise ConfigError("--byzantine needs an --attack (see `p2pfed sim --help` for the list)")
-    rng = np.random.default_rng([cfg.seed, Seed.BYZANTINE])
-    return sorted(int(i) for i in rng.choice(cfg.peers, size=cfg.byzantine, replace=False))
+    return placement
+
+
+def byzantine_indices(cfg: SimConfig) -> list[int]:
+    return placement_of(cfg).byzantine
 
 
 def validate(cfg: SimConfig) -> None:
     """Fail fast on options that cannot work, before anything slow (model loading) happens."""
-    byzantine_indices(cfg)
-    build_topology(cfg.topology, cfg.peers, degree=cfg.degree, p=cfg.edge_probability, seed=cfg.seed)
+    placement_of(cfg)
     make_defence(cfg, frozenset())
     if cfg.byzantine:
         load_behaviour(cfg.attack, count=cfg.byzantine, **cfg.attack_params)
@@ -141,12 +159,13 @@ async def _simulate(
     shards = partition(
         model.train_labels, cfg.peers, cfg.partition, alpha=cfg.alpha, classes_per_peer=cfg.classes_per_peer, rng=rng
     )
-    adjacency = build_topology(
-        cfg.topology, cfg.peers, degree=cfg.degree, p=cfg.edge_probability, seed=cfg.seed
-    )
+    adjacency = topology_of(cfg)
     identities = [Identity.for_peer(cfg.seed, i) for i in range(cfg.peers)]
     ids = [identity.peer_id for identity in identities]
-    byzantine = byzantine_indices(cfg)
+    placement = placement_of(cfg)
+    byzantine = placement.byzantine
+    if cfg.placement == "eclipse":
+        log.info("eclipse placement: %d Byzantine peers surround honest peers %s", len(byzantine), placement.victims)
     behaviours: dict[int, Behaviour] = {}
     if byzantine:
         group = load_behaviour(cfg.attack, count=len(byzantine), **cfg.attack_params)
@@ -158,7 +177,7 @@ async def _simulate(
     schema = Schema.from_tensors({TENSOR: np.zeros(model.dim, dtype=np.float32)})
     run_digest = _run_digest(cfg, model)
     initial = model.initial_vector()
-    recorder = _Recorder(cfg, ids, byzantine, progress)
+    recorder = _Recorder(cfg, ids, placement, byzantine_shares(adjacency, byzantine), progress)
 
     def wire(transports: list[Transport]) -> list[Peer]:
         """The same Peer wiring whatever the transport."""
@@ -256,12 +275,19 @@ class _Recorder:
     """Collects round reports; once every peer has reported a round, derives the per-round metrics."""
 
     def __init__(
-        self, cfg: SimConfig, ids: list[str], byzantine: list[int], progress: Callable[[int, int, str], None] | None
+        self,
+        cfg: SimConfig,
+        ids: list[str],
+        placement: Placement,
+        byzantine_shares: list[float],  # each peer's share of Byzantine neighbours on the static graph
+        progress: Callable[[int, int, str], None] | None,
     ) -> None:
         self.cfg = cfg
         self.ids = ids
         self.index = {pid: i for i, pid in enumerate(ids)}
-        self.byzantine = set(byzantine)
+        self.byzantine = set(placement.byzantine)
+        self.victims = placement.victims
+        self.shares = byzantine_shares
         self.progress = progress
         self.pending: dict[int, list[RoundReport]] = defaultdict(list)
         self.rows: list[dict[str, Any]] = []
@@ -299,6 +325,7 @@ class _Recorder:
                     "loss": r.loss,
                     "train_loss": r.train_loss,
                     "consensus_distance": float(np.linalg.norm(r.vector - mean)),
+                    "byzantine_neighbour_share": round(self.shares[r.index], 4),
                     "bytes_sent": r.bytes_sent,
                     "bytes_received": r.bytes_received,
                     "seconds": round(r.seconds, 4),
@@ -322,6 +349,8 @@ class _Recorder:
 
     def summary(self, wall: float, majority_baseline: float | None = None) -> dict[str, Any]:
         final = self.curve[-1] if self.curve else {}
+        honest = [i for i in range(len(self.ids)) if i not in self.byzantine]
+        worst = max(honest, key=lambda i: self.shares[i]) if honest else None
         return {
             "final": {
                 "round": final.get("round"),
@@ -332,10 +361,15 @@ class _Recorder:
                 # always answering the test set's most common class scores this: an honest peer below it
                 # has learnt nothing useful, whatever the mean says
                 "majority_baseline": majority_baseline,
+                # the worst-off honest peer's share of Byzantine neighbours, and who that is
+                "byzantine_share_max": None if worst is None else round(self.shares[worst], 4),
+                "byzantine_share_max_peer": worst,
             },
             "curve": self.curve,
             "byzantine_peers": sorted(self.byzantine),
             "byzantine_peer_ids": [self.ids[i] for i in sorted(self.byzantine)],
+            "placement": self.cfg.placement,
+            "eclipse_victims": self.victims,
             "attack": self.cfg.attack,
             "defence": self.cfg.defence,
             "peers": self.cfg.peers,

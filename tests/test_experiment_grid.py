@@ -218,3 +218,10 @@ def test_worker_processes_start_numpy_blas_at_their_share_of_the_cores(
     rows = load_results(tmp_path / RESULTS)
     assert [r["final"]["blas_threads"] for r in rows] == [str(max(1, available_cores() // 2))] * 2
     assert "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+def test_every_unknown_name_of_a_grid_is_reported_at_once() -> None:
+    data = {"base": {"peers": 6}, "grid": {"attacks": ["none", "nope", "ipm"], "defences": ["mean", "krumm"]}}
+    with pytest.raises(ConfigError) as error:
+        experiment_from_mapping(data, source="grid.toml")
+    assert "unknown attack 'nope'" in str(error.value) and "unknown defence 'krumm'" in str(error.value)

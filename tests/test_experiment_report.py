@@ -140,3 +140,14 @@ def test_cells_without_a_recorded_worst_peer_show_a_dash_not_a_pass(tmp_path: Pa
     write_report(rows, tmp_path, attacks=["none", "ipm"], defences=["mean", "bristle"])
     worst = (tmp_path / "report.md").read_text().split("## Worst honest peer")[1]
     assert table_line(worst, "ipm") == "| ipm | — | 70.0 |"
+
+
+def test_the_worst_off_honest_peers_byzantine_share_is_summarised_per_byzantine_count(tmp_path: Path) -> None:
+    rows = [row("none", "mean", 0, 0.9), row("ipm", "mean", 0, 0.5, byzantine=3), row("ipm", "mean", 1, 0.6, byzantine=3)]
+    for r, share in zip(rows, (0.0, 0.5, 0.75), strict=True):
+        r["final"]["byzantine_share_max"] = share
+    write_report(rows, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "Worst-off honest peer's share of Byzantine neighbours (on the graph, over seeds): 75.0% with 3 Byzantine." in text
+    write_report(grid_rows(), tmp_path / "older")  # rows from before the share was recorded: no such line
+    assert "share of Byzantine neighbours" not in (tmp_path / "older" / "report.md").read_text()

@@ -107,6 +107,19 @@ def test_byzantine_peers_are_excluded_and_listed(model: TaskModel) -> None:
     assert result.summary["final"]["honest_accuracy_mean"] == pytest.approx(np.mean(honest))
 
 
+def test_rows_record_each_peers_share_of_byzantine_neighbours(model: TaskModel) -> None:
+    cfg = small(peers=6, byzantine=1, attack="sign_flip", defence="mean", placement="eclipse",
+                gossip=GossipConfig(rounds=2, local_steps=4, gossip_steps=1))
+    result = run_simulation(cfg, model=model)
+    victims = result.summary["eclipse_victims"]
+    assert victims and result.summary["placement"] == "eclipse"
+    shares = {(r["round"], r["peer"]): r["byzantine_neighbour_share"] for r in result.rows}
+    assert len(shares) == 2 * 6
+    assert all(shares[rnd, v] == 0.5 for rnd in (0, 1) for v in victims)  # degree 2: one of two Byzantine
+    final = result.summary["final"]
+    assert final["byzantine_share_max"] == 0.5 and final["byzantine_share_max_peer"] in victims
+
+
 def test_cli_reports_bad_options_without_a_traceback() -> None:
     result = CliRunner().invoke(main, ["sim", "--peers", "4", "--degree", "4", "--rounds", "1"])
     assert result.exit_code == 2
