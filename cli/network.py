@@ -108,6 +108,8 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
               help="Seconds to wait for --min-neighbours before giving up.")
 @click.option("--eval-size", default=200, show_default=True, help="Held-out evaluation rows without --eval.")
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: torch's default).")
+@click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9100.")
 @click.option("--index", type=int, default=None, hidden=True,
               help="Seed stream of this peer (simulations: the peer's number); default from the peer ID.")
 def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...],
@@ -115,20 +117,24 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
          mdns: bool, out: Path, key: Path | None, rounds: int | None, local_steps: int | None,
          gossip_steps: int | None, step_timeout: float | None, defence: str | None,
          defence_param: tuple[str, ...], max_neighbours: int, min_neighbours: int, neighbour_wait: float,
-         eval_size: int, threads: int, index: int | None) -> None:
+         eval_size: int, threads: int, metrics_addr: str | None, index: int | None) -> None:
     """Join a run: discover its peers, train on your data, gossip adapters, checkpoint every round.
 
     Ctrl-C or SIGTERM stops cleanly; running the same command again resumes from the checkpoint.
     """
+    import contextlib
     import dataclasses
 
     import trio
 
     from p2pfed.daemon.files import attach_log_file
+    from p2pfed.daemon.metrics import parse_address, serving
     from p2pfed.daemon.node import Node, NodeConfig, serve
     from p2pfed.daemon.runfile import RunFile
     from p2pfed.robust.registry import DEFAULT_DEFENCE
 
+    if metrics_addr is not None:
+        parse_address(metrics_addr)  # a typo fails now, not after the model has loaded
     _quiet_terminal_handlers()
     attach_log_file(out)
     overrides: dict[str, Any] = {"rounds": rounds, "local_steps": local_steps, "gossip_steps": gossip_steps,
@@ -153,7 +159,12 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
         raise SystemExit(130) from None
     click.echo(f"peer {node.identity.peer_id} · run {node.manifest.topic} · {gossip.rounds} rounds "
                f"K={gossip.local_steps} Q={gossip.gossip_steps}", err=True)
-    trio.run(serve, node)
+    with contextlib.ExitStack() as stack:
+        if metrics_addr is not None:
+            host, port = stack.enter_context(serving(node.metrics, metrics_addr))
+            shown = f"[{host}]" if ":" in host else host
+            click.echo(f"metrics at http://{shown}:{port}/metrics", err=True)
+        trio.run(serve, node)
 
 
 @click.command()

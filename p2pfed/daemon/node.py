@@ -27,6 +27,7 @@ from p2pfed.daemon.files import (
     load_or_create_identity,
     swap_adapter,
 )
+from p2pfed.daemon.metrics import NodeMetrics
 from p2pfed.daemon.runfile import RunFile
 from p2pfed.daemon.status import STATUS_FILE, NodeStatus, append_metrics, metrics_row, progress_line
 from p2pfed.errors import CheckpointError, ConfigError, NetworkError
@@ -151,6 +152,7 @@ class Node:
         )
         self._adapter_due = trio.Event()
         self._adapter_vector: np.ndarray | None = None
+        self.metrics = NodeMetrics()  # `p2pfed join --metrics` serves it
 
     def _build_peer(
         self, *, start_round: int, initial: np.ndarray, reputation: ReputationTable, adopt: bool = False
@@ -305,6 +307,7 @@ class Node:
         save_checkpoint(self.out, state)
         self.transport.local_round = report.round + 1
         neighbours = len(self.transport.neighbours())
+        self.metrics.observe(report, self.transport.neighbours())
         append_metrics(self.out, metrics_row(report, neighbours))
         self.status.round = report.round + 1
         self.status.rejections = dict(report.rejections)

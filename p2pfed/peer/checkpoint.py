@@ -15,6 +15,7 @@ from safetensors.numpy import save
 
 from p2pfed.config import write_atomic
 from p2pfed.errors import CheckpointError
+from p2pfed.robust.reputation import ReputationTable
 from p2pfed.types import FloatVector
 
 FILENAME = "checkpoint.safetensors"
@@ -41,7 +42,8 @@ def save_checkpoint(directory: Path, state: Checkpoint) -> Path:
 
 
 def load_checkpoint(directory: Path) -> Checkpoint | None:
-    """The checkpoint in `directory`, or None if there is none yet."""
+    """The checkpoint in `directory`, or None if there is none yet; CheckpointError if a node could not
+    resume from it (unreadable, or decoded to something `save_checkpoint` never writes)."""
     path = Path(directory) / FILENAME
     if not path.exists():
         return None
@@ -49,11 +51,36 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
         with safe_open(str(path), framework="np") as fh:
             metadata = fh.metadata() or {}
             vector = fh.get_tensor("vector")
-        return Checkpoint(
+        state = Checkpoint(
             round=int(metadata["round"]),
             vector=vector,
             reputation=json.loads(metadata.get("reputation", "{}")),
             run_digest=metadata.get("run_digest", ""),
         )
-    except (SafetensorError, OSError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); move it away to start afresh") from exc
+    except (SafetensorError, OSError, KeyError, ValueError, RecursionError) as exc:
+        raise CheckpointError(_unreadable(path, str(exc))) from exc
+    problem = _unusable(state)
+    if problem is not None:
+        raise CheckpointError(_unreadable(path, problem))
+    return state
+
+
+def _unreadable(path: Path, problem: str) -> str:
+    return f"checkpoint {path} is unreadable ({problem}); move it away to start afresh"
+
+
+def _unusable(state: Checkpoint) -> str | None:
+    """Why a resuming node could not use `state`, or None."""
+    if state.round < 0:
+        return f"round {state.round}"
+    if state.vector.ndim != 1 or state.vector.dtype != np.float32:
+        return (
+            f"vector is {state.vector.dtype}{list(state.vector.shape)}, not a flat float32 vector"
+        )
+    if not isinstance(state.reputation, dict):
+        return "reputation is not a table"
+    try:
+        ReputationTable.from_dict(state.reputation)
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+        return f"reputation does not restore: {exc}"
+    return None
