@@ -6,6 +6,7 @@ import numpy as np
 
 from p2pfed.net.membership import (
     BOOTSTRAP,
+    INBOUND,
     Action,
     Decision,
     Evidence,
@@ -115,6 +116,8 @@ def test_an_evicted_identity_is_refused_for_its_cooldown_then_welcome_again() ->
         assert m.hello(bad, Status(3, False, True))[0].action is Action.REFUSE
         assert dials(m.discovered([(bad, ("/ip4/10.0.0.9/tcp/1",))], advertiser="h1")) == []
         assert bad not in m.neighbours() and bad not in m.pool()
+        assert m.discovered(candidates("via-bad", 3), advertiser=bad) == []  # it advertises nothing
+        assert not any(p.startswith("via-bad") for p in m.pool())
         m.disconnected(bad)
     m.tick(4)
     assert greets(m, bad) == [] and bad in m.neighbours()
@@ -133,18 +136,31 @@ def test_a_sybil_advertiser_gets_at_most_its_share_of_the_pool() -> None:
 
 
 def test_peers_that_dial_us_never_take_the_reserved_slots() -> None:
-    """A flood of inbound Sybils fills only the open slots: the reserved ones still go to uniformly
-    sampled candidates from our pool."""
-    m = make(target=8, sampled_share=0.25)
+    """A flood of inbound Sybils fills only the open slots: the reserved ones go to the candidates we
+    dialled, and the Sybils we turned away hold at most one advertiser's share of the pool."""
+    m = make(target=8, sampled_share=0.25, pool_size=40)
     assert m.reserved == 2
-    for sybil, _ in candidates("sybil", 20):
+    honest = dials(m.discovered(candidates("honest", 30), advertiser=BOOTSTRAP))
+    assert len(honest) == 8
+    for sybil, _ in candidates("sybil", 100):  # they connect before our dials complete
         greets(m, sybil)
-    assert len(m.neighbours()) == 6 and m.full_for(None)
-    decisions = m.discovered(candidates("honest", 5), advertiser=BOOTSTRAP)
-    assert len(dials(decisions)) == 2
-    link_all(m, decisions)
-    assert sum(p.startswith("honest") for p in m.neighbours()) == 2
-    assert len(m.neighbours()) == 8
+    for peer in honest:
+        greets(m, peer)
+    assert sorted(p.rstrip("0123456789") for p in m.neighbours()) == ["honest"] * 2 + ["sybil"] * 6
+    assert sum(adv == INBOUND for adv in m.pool().values()) == m.advertiser_quota == 10
+
+
+def test_a_hub_greets_a_peer_it_turned_away_once_a_reserved_slot_is_free() -> None:
+    """Everyone bootstraps from one hub: the hub's reserved slots go to those it turned away, sampled
+    from its pool, so a small network still forms a complete graph."""
+    m = make(target=4, sampled_share=0.25)
+    for peer in ("a", "b", "c"):
+        assert greets(m, peer) == []
+    assert m.full_for(None)
+    assert greets(m, "d") == [Decision(Action.GREET, "d")]
+    assert not m.full_for("d")  # our hello tells it there is room
+    assert m.hello("d", Status(degree=1, full=False, lists_us=True)) == []
+    assert sorted(m.neighbours()) == ["a", "b", "c", "d"]
 
 
 def test_a_peer_we_dial_is_never_told_we_are_full() -> None:
@@ -183,3 +199,21 @@ def test_a_full_peer_that_does_not_list_us_is_not_a_neighbour() -> None:
     assert m.neighbours() == ["a"]
     # connected but not a neighbour: it is not dialled again
     assert dials(m.discovered([("hub", ("/ip4/10.0.0.2/tcp/1",))], advertiser="a")) == []
+
+
+def test_a_peer_we_dialled_counts_only_once_it_has_answered_our_hello() -> None:
+    """It answers once it has decided about us, so we never count it before it counts us; if our hello
+    gets no answer, its own greeting decides."""
+    m = make(target=4)
+    (chosen,) = dials(m.discovered(candidates("h", 1), advertiser=BOOTSTRAP))
+    m.connected(chosen)
+    assert m.hello(chosen, Status(1, False, False), answer=False) == []
+    assert m.neighbours() == []
+    m.hello(chosen, Status(1, False, True), answer=True)
+    assert m.neighbours() == [chosen]
+
+    (other,) = dials(m.discovered(candidates("x", 1), advertiser=BOOTSTRAP))
+    m.connected(other)
+    m.hello(other, Status(1, False, False), answer=False)
+    m.hello_failed(other)
+    assert sorted(m.neighbours()) == sorted([chosen, other])

@@ -95,8 +95,11 @@ class Discovery:
     # ------------------------------------------------------------------ hello
     def on_connected(self, peer: str) -> None:
         """A new connection (libp2p's notifee): greet it unless membership refuses it."""
-        if not self._members.connected(peer):
-            return
+        if self._members.connected(peer):
+            self.greet(peer)
+
+    def greet(self, peer: str) -> None:
+        """Queue a hello to `peer` (connected)."""
         try:
             self._hello_in.send_nowait(peer)
         except (trio.WouldBlock, trio.ClosedResourceError):
@@ -108,48 +111,56 @@ class Discovery:
                 nursery.start_soon(self._say_hello, peer)
 
     async def _say_hello(self, peer: str) -> None:
+        answered = False
         with trio.move_on_after(self._hello_timeout_s):
             try:
                 stream = await self._host.new_stream(ID.from_base58(peer), [HELLO_PROTOCOL])
-            except Exception:
-                self._count("hello_fail")
-                return
-            try:
                 hello = self.presence_for(peer).encode()
                 if await write_frame(stream, hello, stall_s=2, total_s=5) is None:
                     reply = await read_frame(
                         stream, max_bytes=MAX_PRESENCE_BYTES, stall_s=2, total_s=5
                     )
                     if isinstance(reply, bytes):
-                        self._learn(peer, Presence.decode(reply))
+                        answered = True
+                        self._learn(peer, Presence.decode(reply), answer=True)
                 await stream.close()
             except Exception:
                 self._count("hello_fail")
+        if not answered:
+            self._members.hello_failed(peer)
 
     async def _handle_hello(self, stream: Any) -> None:
         remote = stream.muxed_conn.peer_id.to_base58()
+        if self._members.membership.refused(remote):  # it is being disconnected: tell it nothing
+            await quietly(stream.reset)
+            return
         body = await read_frame(stream, max_bytes=MAX_PRESENCE_BYTES, stall_s=2, total_s=5)
         if isinstance(body, FrameError):
             self._count(f"hello_fail.{body}")
             await quietly(stream.reset)
             return
-        self._learn(remote, Presence.decode(body))
+        self._learn(remote, Presence.decode(body), answer=False)
         await write_frame(stream, self.presence_for(remote).encode(), stall_s=2, total_s=5)
         await quietly(stream.close)
 
-    def _learn(self, peer: str, presence: Presence | None) -> None:
-        """`peer` (authenticated by its connection) greeted us: membership decides what it becomes."""
+    def _learn(self, peer: str, presence: Presence | None, *, answer: bool) -> None:
+        """`peer` (authenticated by its connection) greeted us, or `answer`ed our hello: membership
+        decides what it becomes."""
         if presence is None or presence.run != self._run_hex:
             self._count("presence_rejected")
             self._members.lost(peer)
             return
         self.rounds[peer] = presence.round
-        self._members.hello(peer, presence)
+        self._members.hello(peer, presence, answer=answer)
         self._members.discovered(presence.peers, advertiser=peer)  # a full peer's may have room
 
     # ------------------------------------------------------------------ announcements
     def _validate_announcement(self, forwarder: ID, msg: Any) -> bool:
+        """Whether gossipsub delivers and relays an announcement: ours, and not from an identity in
+        cooldown (we stop relaying the presence of those we evicted)."""
         try:
+            if self._members.membership.refused(ID(msg.from_id).to_base58()):
+                return False
             presence = Presence.decode(msg.data)
             return presence is not None and presence.run == self._run_hex
         except Exception:  # a raising validator kills the Pubsub service (defect 2)

@@ -38,6 +38,7 @@ class MembershipAdapter:
         self._notify = notify
         self._close_timeout_s = close_timeout_s
         self.nursery: trio.Nursery | None = None  # set while the transport serves
+        self.greet: Callable[[str], None] = lambda peer: None  # the hello, set by the transport
 
     # ------------------------------------------------------------------ queries
     def neighbours(self) -> list[str]:
@@ -69,14 +70,15 @@ class MembershipAdapter:
 
     def disconnected(self) -> None:
         """Some connection closed: tell membership about each peer we no longer reach at all."""
-        connected = self._connected()
-        for peer in [p for p in self.membership.neighbours() if p not in connected]:
-            self._apply(self.membership.disconnected(peer))
-        for peer in self.membership.connected_peers() - connected:
+        gone = self.membership.connected_peers() - self._connected()
+        for peer in sorted(gone):
             self._apply(self.membership.disconnected(peer))
 
-    def hello(self, peer: str, presence: Presence) -> None:
-        self._apply(self.membership.hello(peer, self._status(presence)))
+    def hello(self, peer: str, presence: Presence, *, answer: bool) -> None:
+        self._apply(self.membership.hello(peer, self._status(presence), answer=answer))
+
+    def hello_failed(self, peer: str) -> None:
+        self._apply(self.membership.hello_failed(peer))
 
     def presence(self, peer: str, presence: Presence) -> None:
         self._apply(self.membership.presence(peer, self._status(presence)))
@@ -96,6 +98,8 @@ class MembershipAdapter:
         for decision in decisions:
             if decision.action is Action.DIAL:
                 self._start_dial(decision.peer, decision.addrs)
+            elif decision.action is Action.GREET:
+                self.greet(decision.peer)
             elif decision.action is Action.UNLINK:
                 self._counters["peer_full"] += 1
             else:  # EVICT, REFUSE

@@ -124,6 +124,7 @@ class Libp2pTransport:
             hello_timeout_s=config.dial_timeout_s,
             enable_mdns=config.enable_mdns,
         )
+        self._members.greet = self._discovery.greet
         # new_host is annotated with the interfaces (IHost, INetworkService); it builds a BasicHost
         # on a Swarm, whose internals the next lines patch
         network = cast(Swarm, self._host.get_network())

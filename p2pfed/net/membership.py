@@ -10,8 +10,11 @@ The rules, toward `target_degree` neighbours:
   `advertiser_share` of `pool_size`: an attacker that advertises only its Sybils gets at most that share.
 - **Uniformly sampled dials.** Free slots are filled by candidates drawn uniformly from the pool (with the
   numpy Generator passed in), never in the order an advertiser chose.
-- **Reserved slots** (Brahms, Basalt): `sampled_share` of the slots only ever go to peers we dialled;
-  peers that dial us (inbound) fill the rest. Flooding us with connections cannot eclipse us.
+- **Reserved slots** (Brahms, Basalt): `sampled_share` of the slots only ever go to peers we chose;
+  peers that dial us (inbound) fill the rest. An inbound peer turned away for want of an open slot joins
+  the pool as a candidate of one advertiser, "inbound": together, strangers who dial us hold at most
+  one advertiser's share of what the reserved slots are sampled from. A flood of connections cannot
+  eclipse us, and a small network still forms a complete graph (the hub greets those it turned away).
 - **Evict only for evidence** (the defence's quarantine or persistent low trust), at most
   `max_rewires_per_round` per round; an evicted or reported identity is refused for `cooldown_rounds`.
   Being dissimilar or non-IID is not evidence: nothing here sees the updates.
@@ -35,10 +38,12 @@ log = logging.getLogger(__name__)
 Addrs = tuple[str, ...]
 BOOTSTRAP = "bootstrap"  # advertiser of the candidates the operator configured
 MDNS = "mdns"  # advertiser of the candidates found on the local network
+INBOUND = "inbound"  # advertiser of the peers that dialled us when only reserved slots were left
 
 
 class Action(Enum):
     DIAL = "dial"  # connect to `peer` at `addrs`; its hello makes it a neighbour
+    GREET = "greet"  # `peer` is connected already: say hello (again), now with room for it
     EVICT = "evict"  # disconnect `peer` for evidence; refused until its cooldown ends
     REFUSE = "refuse"  # `peer` is in cooldown: disconnect it, do not greet it
     UNLINK = "unlink"  # `peer` is not (or no longer) a neighbour; the connection may stay
@@ -109,6 +114,7 @@ class Membership:
         self._pool: dict[str, tuple[Addrs, str]] = {}  # candidate -> (addrs, advertiser)
         self._neighbours: dict[str, _Neighbour] = {}
         self._pending: set[str] = set()  # dialled by us, no hello yet
+        self._greeted: dict[str, Status] = {}  # pending peers' own hellos, until they answer ours
         self._connected: set[str] = set()
         self._cooldown: dict[str, int] = {}  # identity -> first round it is no longer refused
         self._condemned: dict[str, Evidence] = {}  # neighbours to evict when the budget allows
@@ -151,13 +157,18 @@ class Membership:
 
     # ------------------------------------------------------------------ discovery
     def discovered(self, peers: Iterable[tuple[str, Addrs]], *, advertiser: str) -> list[Decision]:
-        """Candidates `advertiser` told us about; returns the dials that fill free slots."""
+        """Candidates `advertiser` told us about; returns the dials that fill free slots. An identity
+        in cooldown advertises nothing."""
+        if self.refused(advertiser):
+            return []
         for peer, addrs in peers:
             self._add_candidate(peer, addrs, advertiser)
         return self._fill()
 
     def _add_candidate(self, peer: str, addrs: Addrs, advertiser: str) -> None:
-        if peer == self.local_id or peer in self._neighbours or self.refused(peer) or not addrs:
+        if peer == self.local_id or peer in self._neighbours or self.refused(peer):
+            return
+        if not addrs and advertiser != INBOUND:  # an inbound peer is greeted on its connection
             return
         if peer in self._pool:
             return  # credited to whoever told us first
@@ -175,7 +186,7 @@ class Membership:
 
     def dialling(self, peer: str) -> None:
         """The operator dials `peer` itself (e.g. `connect(addr)`): its link counts as ours."""
-        if peer != self.local_id:
+        if peer != self.local_id and peer not in self._connected:
             self._pending.add(peer)
 
     def lost(self, peer: str) -> list[Decision]:
@@ -194,16 +205,23 @@ class Membership:
     def disconnected(self, peer: str) -> list[Decision]:
         self._connected.discard(peer)
         self._pending.discard(peer)
+        self._greeted.pop(peer, None)
         self._condemned.pop(peer, None)
         if self._neighbours.pop(peer, None) is not None:
             log.debug("%s: neighbour %s left", self.local_id[-6:], peer[-6:])
         return self._fill()
 
-    def hello(self, peer: str, status: Status) -> list[Decision]:
-        """A run member greeted us on a fresh connection: make it a neighbour if the rules allow."""
+    def hello(self, peer: str, status: Status, *, answer: bool = True) -> list[Decision]:
+        """A run member greeted us (or `answer`ed our hello): make it a neighbour if the rules allow.
+        A peer we dialled becomes one only on its answer, which it sends once it has decided about us:
+        so we never count it before it counts us (its own greeting is kept in case ours fails)."""
         if self.refused(peer):
             return [Decision(Action.REFUSE, peer, "in cooldown")]
         dialled = peer in self._pending
+        if dialled and not answer:
+            self._greeted[peer] = status
+            return []
+        self._greeted.pop(peer, None)
         self._pending.discard(peer)
         self._pool.pop(peer, None)
         if status.full and not status.lists_us:
@@ -213,10 +231,21 @@ class Membership:
             neighbour.degree, neighbour.addrs = status.degree, status.addrs
             return []
         if (not dialled and self.full_for(None)) or len(self._neighbours) >= self.target_degree:
-            return []  # no room for it: our presence says so, and it does not count us either
+            # no room for it now: our presence says so, and it does not count us either; a reserved
+            # slot may still sample it later
+            if not dialled:
+                self._add_candidate(peer, status.addrs, INBOUND)
+            return self._fill()
         self._neighbours[peer] = _Neighbour(dialled, status.degree, status.addrs)
         log.debug("%s: new neighbour %s", self.local_id[-6:], peer[-6:])
         return self._fill()
+
+    def hello_failed(self, peer: str) -> list[Decision]:
+        """Our hello to `peer` got no answer: a peer we dialled that greeted us is judged on that."""
+        status = self._greeted.pop(peer, None)
+        if peer not in self._pending:
+            return []
+        return self.hello(peer, status) if status is not None else self.lost(peer)
 
     def presence(self, peer: str, status: Status) -> list[Decision]:
         """A neighbour's announcement: refresh its degree, and drop a one-sided link."""
@@ -278,7 +307,9 @@ class Membership:
         free = self.target_degree - len(self._neighbours) - len(self._pending)
         if free <= 0:
             return decisions
-        busy = self._neighbours.keys() | self._pending | self._connected
+        # connected peers are greeted only if they asked to join us (the rest know us already)
+        asked = {p for p, (_, adv) in self._pool.items() if adv == INBOUND}
+        busy = self._neighbours.keys() | self._pending | (self._connected - asked)
         eligible = sorted(p for p in self._pool if p not in busy and not self.refused(p))
         count = min(free, len(eligible))
         if count == 0:
@@ -286,5 +317,6 @@ class Membership:
         for index in self._rng.choice(len(eligible), size=count, replace=False):
             peer = eligible[int(index)]
             self._pending.add(peer)
-            decisions.append(Decision(Action.DIAL, peer, addrs=self._pool[peer][0]))
+            action = Action.GREET if peer in self._connected else Action.DIAL
+            decisions.append(Decision(action, peer, addrs=self._pool[peer][0]))
         return decisions
