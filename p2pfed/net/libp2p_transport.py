@@ -129,8 +129,8 @@ class Libp2pTransport:
         # on a Swarm, whose internals the next lines patch
         network = cast(Swarm, self._host.get_network())
         # libp2p's auto-connector redials every peer it ever heard of (ghosts and silent ports
-        # included) up to a watermark; neighbours are chosen here instead (patching a method of the
-        # instance, which mypy forbids by default)
+        # included) up to a watermark; membership chooses whom to dial instead (patching a method of
+        # the instance, which mypy forbids by default)
         network.auto_connector.maybe_connect = no_auto_connect  # type: ignore[method-assign]
         # Every inbound stream, whatever its protocol (identify, ping, meshsub, ours), goes through here.
         network.set_stream_handler(
