@@ -33,6 +33,7 @@ from p2pfed.daemon.status import STATUS_FILE, NodeStatus, append_metrics, metric
 from p2pfed.errors import CheckpointError, ConfigError, NetworkError
 from p2pfed.learn import LearnConfig, TaskModel, split_validation
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
+from p2pfed.net.membership import Evidence, EvidenceKind
 from p2pfed.peer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
@@ -306,6 +307,8 @@ class Node:
         )
         save_checkpoint(self.out, state)
         self.transport.local_round = report.round + 1
+        for pid, until in self.peer.reputation.quarantined().items():  # evidence for membership
+            self.transport.report(pid, Evidence(EvidenceKind.QUARANTINED, f"until round {until}"))
         neighbours = len(self.transport.neighbours())
         self.metrics.observe(report, self.transport.neighbours())
         append_metrics(self.out, metrics_row(report, neighbours))

@@ -22,7 +22,10 @@ async def loopback_transports(
 ) -> AsyncIterator[list[Libp2pTransport]]:
     """Start one transport per identity; with `mesh`, connect every pair and wait until each sees all
     others as neighbours. Everything closes when the block exits."""
-    config = dataclasses.replace(config, listen_addrs=("/ip4/127.0.0.1/tcp/0",))
+    # a mesh is wired by us, not discovered: no slot is kept back for sampled candidates (the last host
+    # would otherwise refuse the inbound links beyond its open slots)
+    rules = dataclasses.replace(config.membership, sampled_share=0.0) if mesh else config.membership
+    config = dataclasses.replace(config, listen_addrs=("/ip4/127.0.0.1/tcp/0",), membership=rules)
     transports = [Libp2pTransport(identity, config) for identity in identities]
     async with trio.open_nursery() as nursery:
         for transport in transports:
