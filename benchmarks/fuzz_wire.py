@@ -50,12 +50,8 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2pfed import PROTOCOL_VERSION
 from p2pfed.net.framing import read_frame, read_frame_chunks, write_frame
-from p2pfed.net.libp2p_transport import (
-    HELLO_PROTOCOL,
-    UPDATE_PROTOCOL,
-    Libp2pConfig,
-    Libp2pTransport,
-)
+from p2pfed.net.libp2p_discovery import HELLO_PROTOCOL
+from p2pfed.net.libp2p_transport import UPDATE_PROTOCOL, Libp2pConfig, Libp2pTransport
 from p2pfed.net.presence import Presence
 from p2pfed.wire import Accepted, Identity, Limits, Rejected, RejectReason, Schema, open_envelope
 from p2pfed.wire.envelope import MAGIC, SIGNING_PREFIX, Header, seal
