@@ -171,12 +171,12 @@ class BatchedTrainer:
         key, value = top.projections["key"], top.projections["value"]
         b_key = self._weight(key.b, vector).view(heads, size, -1)  # (heads, d, r)
         b_value = self._weight(value.b, vector).view(heads, size, -1)
-        scores = torch.einsum("bnd,btnd->bnt", q, step.keys.view(b, t, heads, size))
+        scores = torch.matmul(q[:, :, None, :], step.keys.transpose(-1, -2))[:, :, 0]
         q_b = torch.einsum("bnd,ndr->bnr", q, b_key)
         low_key = self._low(key, vector, step, "key")  # (B, T, r)
         scores = scores + key.scale * torch.einsum("bnr,btr->bnt", q_b, low_key)
         weights = (scores * attention.scaling + step.mask[:, None, :]).softmax(-1)  # (B, heads, T)
-        context = torch.einsum("bnt,btnd->bnd", weights, step.values.view(b, t, heads, size))
+        context = torch.matmul(weights[:, :, None, :], step.values)[:, :, 0]
         p_a = torch.einsum("bnt,btr->bnr", weights, self._low(value, vector, step, "value"))
         context = context + value.scale * torch.einsum("bnr,ndr->bnd", p_a, b_value)
         attended = layer.attention.output(context.reshape(b, 1, heads * size), first[:, None])
@@ -207,8 +207,10 @@ class _StepRows(NamedTuple):
     the longest row of all P·B; padded positions repeat a row's last token and are masked."""
 
     first: torch.Tensor  # (P, B, h) lower-layer output at the first token
-    keys: torch.Tensor  # (P, B, T, h) frozen key projection key.base(x) of every token
-    values: torch.Tensor  # (P, B, T, h)
+    # (P, B, heads, T, d) frozen key projection key.base(x) of every token, split into heads (the
+    # layout of the attention products, gathered so in one copy)
+    keys: torch.Tensor
+    values: torch.Tensor  # likewise
     mask: torch.Tensor  # (P, B, T) added to attention scores: 0 on tokens, -inf on padding
     low: dict[str, torch.Tensor]  # (P, B, T, r) A·x of key and value when their A is frozen
     hidden: torch.Tensor  # (P, B, T, h) lower-layer output when some A is trained, else (P, 0)
@@ -220,12 +222,13 @@ class _ProjectedRows:
     then each step gathers its batches from it."""
 
     hidden: torch.Tensor  # (N, h) lower-layer output of every token
-    keys: torch.Tensor  # (N, h) key.base(hidden)
-    values: torch.Tensor  # (N, h)
+    keys: torch.Tensor  # (N·heads, d) key.base(hidden), token after token, head after head
+    values: torch.Tensor  # likewise
     low: dict[str, torch.Tensor]  # (N, r) A·hidden of key and value when their A is frozen
     starts: torch.Tensor  # (rows in the features,) where each used row starts in the packed tensors
     lengths: torch.Tensor  # (rows in the features,) tokens of every row
     need_hidden: bool  # some A is trained: steps need the tokens themselves
+    heads: int
 
     @classmethod
     def of(cls, top: AdaptedTop, features: Features, rows: torch.Tensor) -> _ProjectedRows:
@@ -243,14 +246,16 @@ class _ProjectedRows:
             for name in ("key", "value")
             if not top.projections[name].a.in_vector
         }
+        heads = int(top.layer.attention.self.num_attention_heads)
         return cls(
             hidden=hidden,
-            keys=top.projections["key"].base(hidden),
-            values=top.projections["value"].base(hidden),
+            keys=top.projections["key"].base(hidden).view(len(hidden) * heads, -1),
+            values=top.projections["value"].base(hidden).view(len(hidden) * heads, -1),
             low=low,
             starts=starts,
             lengths=lengths,
             need_hidden=len(low) < 2,
+            heads=heads,
         )
 
     def step(self, rows: torch.Tensor) -> _StepRows:
@@ -260,10 +265,11 @@ class _ProjectedRows:
         starts = self.starts[rows]
         index = starts[..., None] + torch.minimum(positions, lengths[..., None] - 1)
         mask = torch.zeros(index.shape).masked_fill_(positions >= lengths[..., None], -torch.inf)
+        by_head = index[..., None, :] * self.heads + torch.arange(self.heads)[:, None]
         return _StepRows(
             first=self.hidden[starts],
-            keys=self.keys[index],
-            values=self.values[index],
+            keys=self.keys[by_head],
+            values=self.values[by_head],
             mask=mask,
             low={name: low[index] for name, low in self.low.items()},
             hidden=self.hidden[index] if self.need_hidden else torch.zeros(len(rows), 0),
