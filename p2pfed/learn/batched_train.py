@@ -12,10 +12,12 @@ one peer's loss from its flat vector, `torch.func.grad_and_value` differentiates
 
 The loss is the model's, for an encoder adapted on its top layer only (what `adapted_top` accepts, the
 default): the top layer at the first token as `EncoderBackbone.upper` computes it, with peft's
-`base(x) + s·B(A(x))` for query, key and value, then HF's own attention-output, feed-forward, pooler
-and head modules. One change of order: the frozen key and value projections W·x + b of every token do
-not depend on the peer, so they are computed once per row for a whole call (a peer's K steps and SAM's
-two passes reuse each of its rows ~20 times) instead of in every step; they were most of a step.
+`base(x) + s·B(A(x))` for the query, then HF's own attention-output, feed-forward, pooler and head
+modules. Keys and values are where it departs from running peft's modules (`functional_call` over the
+peft model was tried first: it recomputes the frozen W·x of every token in every step and SAM pass,
+most of a step, and was only ~2× faster than one peer at a time): their frozen projections W·x + b do
+not depend on the peer, so they are computed once per row for a pass, and the low-rank terms are added
+inside the attention products as batched_score.py does.
 
 Each peer's batch is padded to the longest row of the step over all peers (masked in attention), and a
 peer with fewer rows than the others' batch gets rows of weight 0, so the results equal per-peer
@@ -164,7 +166,7 @@ class BatchedTrainer:
         top = self._top
         layer, attention = top.layer, top.layer.attention.self
         heads, size = attention.num_attention_heads, attention.attention_head_size
-        b, t = step.mask.shape
+        b = step.mask.shape[0]
         first = step.first  # (B, h)
         query = top.projections["query"].base(first) + self._lora(vector, "query", first)
         q = query.view(b, heads, size)
