@@ -74,6 +74,9 @@ class EncoderBackbone:
         return Encoded(ids, np.zeros(len(ids), dtype=np.int64))
 
     def _run(self, hidden: torch.Tensor, mask: torch.Tensor, layers: range) -> torch.Tensor:
+        # nothing to run, no mask to build (its data-dependent shortcut would also stop torch.func.vmap)
+        if not layers:
+            return hidden
         mask4 = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden, attention_mask=mask
         )

@@ -91,6 +91,63 @@ class PreparedRows:
         return sum(t.numel() * t.element_size() for t in parts)
 
 
+@dataclass(frozen=True)
+class AdaptedTop:
+    """The adapted top layer of an encoder, its pooler and head, and where each trained weight sits in
+    the flat vectors (shared by BatchedScorer and batched_train.BatchedTrainer)."""
+
+    layer: Any  # a BertLayer
+    pooler: Any  # a BertPooler
+    projections: dict[str, _Lora]  # by name in _PROJECTIONS
+    head_weight: _Source
+    head_bias: _Source | None
+    dim: int
+
+
+def adapted_top(
+    backbone: object, peft_model: torch.nn.Module, schema: FlatSchema
+) -> AdaptedTop | None:
+    """The top layer and head when the model is an encoder with LoRA on query/key/value of its top layer
+    only (vanilla LoRA, one active adapter, eval mode) and a linear head; None otherwise."""
+    if not isinstance(backbone, EncoderBackbone) or backbone.split != backbone.num_layers - 1:
+        return None
+    if peft_model.training:
+        return None
+    layer: Any = backbone.top_layer
+    targets: list[Any] = [getattr(layer.attention.self, t, None) for t in _PROJECTIONS]
+    adapted = sorted(id(m) for m in lora_modules(peft_model).values())
+    if adapted != sorted(id(t) for t in targets) or not all(map(_is_plain_lora, targets)):
+        return None
+    head = _active_head(getattr(backbone.model, "classifier", None))
+    if head is None or not _is_bert_top(layer, backbone.pooler):
+        return None
+    names = {id(m): name for name, m in peft_model.named_modules()}
+    offsets, start = {}, 0
+    for name, param in zip(schema.names, schema.params, strict=True):
+        offsets[name] = (start, param.numel())
+        start += param.numel()
+
+    def source(module: torch.nn.Module, param: str) -> _Source:
+        tensor = getattr(module, param).detach()
+        at, size = offsets.pop(f"{names[id(module)]}.{param}", (-1, 0))
+        return _Source(tensor, at, size)
+
+    projections = {
+        t: _Lora(
+            base=module.base_layer,
+            scale=float(module.scaling[ADAPTER]),
+            a=source(module.lora_A[ADAPTER], "weight"),
+            b=source(module.lora_B[ADAPTER], "weight"),
+        )
+        for t, module in zip(_PROJECTIONS, targets, strict=True)
+    }
+    weight = source(head, "weight")
+    bias = source(head, "bias") if head.bias is not None else None
+    if offsets:  # a trainable tensor this computation would ignore
+        return None
+    return AdaptedTop(layer, backbone.pooler, projections, weight, bias, schema.dim)
+
+
 class BatchedScorer:
     """Logits of m candidate vectors on a set of rows, in a few stacked tensor ops. Keeps a buffer
     between calls: not for concurrent use (TaskModel calls it under its lock)."""
@@ -123,45 +180,11 @@ class BatchedScorer:
     def build(
         cls, backbone: object, peft_model: torch.nn.Module, schema: FlatSchema
     ) -> BatchedScorer | None:
-        """A scorer when the model is an encoder with LoRA on query/key/value of its top layer only
-        (vanilla LoRA, one active adapter, eval mode) and a linear head; None otherwise."""
-        if not isinstance(backbone, EncoderBackbone) or backbone.split != backbone.num_layers - 1:
+        """A scorer when `adapted_top` finds the shape it needs; None otherwise."""
+        top = adapted_top(backbone, peft_model, schema)
+        if top is None:
             return None
-        if peft_model.training:
-            return None
-        layer: Any = backbone.top_layer
-        targets: list[Any] = [getattr(layer.attention.self, t, None) for t in _PROJECTIONS]
-        adapted = sorted(id(m) for m in lora_modules(peft_model).values())
-        if adapted != sorted(id(t) for t in targets) or not all(map(_is_plain_lora, targets)):
-            return None
-        head = _active_head(getattr(backbone.model, "classifier", None))
-        if head is None or not _is_bert_top(layer, backbone.pooler):
-            return None
-        names = {id(m): name for name, m in peft_model.named_modules()}
-        offsets, start = {}, 0
-        for name, param in zip(schema.names, schema.params, strict=True):
-            offsets[name] = (start, param.numel())
-            start += param.numel()
-
-        def source(module: torch.nn.Module, param: str) -> _Source:
-            tensor = getattr(module, param).detach()
-            at, size = offsets.pop(f"{names[id(module)]}.{param}", (-1, 0))
-            return _Source(tensor, at, size)
-
-        projections = {
-            t: _Lora(
-                base=module.base_layer,
-                scale=float(module.scaling[ADAPTER]),
-                a=source(module.lora_A[ADAPTER], "weight"),
-                b=source(module.lora_B[ADAPTER], "weight"),
-            )
-            for t, module in zip(_PROJECTIONS, targets, strict=True)
-        }
-        weight = source(head, "weight")
-        bias = source(head, "bias") if head.bias is not None else None
-        if offsets:  # a trainable tensor this computation would ignore
-            return None
-        return cls(layer, backbone.pooler, projections, weight, bias, schema.dim)
+        return cls(top.layer, top.pooler, top.projections, top.head_weight, top.head_bias, top.dim)
 
     def prepare(self, tokens: torch.Tensor, lengths: torch.Tensor) -> PreparedRows:
         """The candidate-independent part on B rows. `tokens`: (N, H) output of the frozen lower

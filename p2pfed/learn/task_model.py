@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from p2pfed.errors import ConfigError
 from p2pfed.learn.adapters import FlatSchema, attach_lora, lora_config, weight_deltas
 from p2pfed.learn.backbone import Batch, CausalBackbone, EncoderBackbone
 from p2pfed.learn.batched_score import BatchedScorer, PreparedRows
+from p2pfed.learn.batched_train import BatchedTrainer, TrainJob, draw_steps
 from p2pfed.learn.config import LearnConfig
 from p2pfed.learn.data import TaskData, append_eval, load_task, split_test
 from p2pfed.learn.features import Features, build_features
@@ -98,6 +99,12 @@ class TaskModel:
         )
         self._prepared: dict[bytes, list[PreparedRows]] = {}  # by rows, see _prepared_rows
         self._prepared_bytes = 0
+        # train_many() steps many peers in one stacked pass when the model's shape allows it
+        self._trainer = (
+            BatchedTrainer.build(backbone, peft_model, self._schema, features, cfg.optimizer)
+            if self.kind == "classification"
+            else None
+        )
 
     @classmethod
     def load(
@@ -255,6 +262,60 @@ class TaskModel:
                 optimizer.zero_grad(set_to_none=True)
             return self._schema.flatten(), float(np.mean(losses)) if losses else 0.0
 
+    def train_many(
+        self,
+        jobs: Sequence[TrainJob],
+        *,
+        steps: int,
+        lr: float,
+        rho: float,
+        logit_adjust: float = 0.0,
+    ) -> list[tuple[FloatVector, float]]:
+        """`train` of every job, equal to one call per job up to float rounding, with the same draws
+        from each job's rng; stacked across jobs when the model allows it (see batched_train.py)."""
+        if self._trainer is None or not jobs:
+            return [
+                self.train(
+                    job.vector,
+                    job.indices,
+                    steps=steps,
+                    lr=lr,
+                    rho=rho,
+                    rng=job.rng,
+                    labels=job.labels,
+                    logit_adjust=logit_adjust,
+                )
+                for job in jobs
+            ]
+        for job in jobs:
+            if len(job.indices) == 0:
+                raise ValueError("train_many() needs at least one row per job")
+        width = min(self.cfg.batch_size, max(len(job.indices) for job in jobs))
+        rows, labels, offsets, weights = [], [], [], []
+        for job in jobs:
+            indices = np.asarray(job.indices, dtype=np.int64)
+            targets = self.train_labels[indices] if job.labels is None else job.labels
+            size = min(self.cfg.batch_size, len(indices))
+            picks = draw_steps(job.rng, len(indices), size, steps)
+            picks = np.pad(picks, ((0, 0), (0, width - size)))  # weight 0 on the padding rows
+            rows.append(self._pool[indices[picks]])
+            labels.append(np.asarray(targets, dtype=np.int64)[picks])
+            offset = self.prior_offset(targets, logit_adjust)
+            offsets.append(torch.zeros(self.num_classes) if offset is None else offset)
+            weights.append(torch.arange(width) < size)
+        vectors = np.stack([job.vector for job in jobs]).astype(np.float32)
+        with self._lock:
+            trained, losses = self._trainer.train(
+                torch.from_numpy(vectors),
+                torch.from_numpy(np.stack(rows)),
+                torch.from_numpy(np.stack(labels)),
+                torch.stack(offsets),
+                torch.stack(weights).float(),
+                lr=lr,
+                rho=rho,
+            )
+        return [(v.copy(), loss) for v, loss in zip(trained.numpy(), losses.tolist(), strict=True)]
+
     # -- evaluation ------------------------------------------------------------------------------
 
     def _forward_all(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,6 +374,12 @@ class TaskModel:
                 out, _ = self._forward_all(batches)
         position = {row: i for i, row in enumerate(order.tolist())}
         return out.numpy()[[position[r] for r in rows.tolist()]].astype(np.float32)
+
+    @property
+    def batched_train(self) -> bool:
+        """True when train_many() steps all its jobs in one stacked pass (see batched_train.py);
+        False: one train() call each."""
+        return self._trainer is not None
 
     @property
     def batched_score(self) -> bool:
