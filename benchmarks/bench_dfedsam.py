@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from p2pfed.config import GossipConfig  # noqa: E402
+from p2pfed.config import GossipConfig, RunManifest  # noqa: E402
 from p2pfed.learn import LearnConfig, TaskModel  # noqa: E402
 from p2pfed.sims.simulate import SimConfig, run_simulation  # noqa: E402
 
@@ -46,7 +46,7 @@ def main() -> None:
     spread: dict[str, list[float]] = {name: [] for name in ALGORITHMS}
     sent: dict[str, list[float]] = {name: [] for name in ALGORITHMS}
     for seed in seeds:
-        learn = LearnConfig(task="trec", seed=seed)
+        learn = LearnConfig(run=RunManifest(task="trec", seed=seed))
         model = TaskModel.load(learn)  # one load per seed, shared by both algorithms
         for name, algo in ALGORITHMS.items():
             cfg = SimConfig(

@@ -71,7 +71,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     base = base_config(args.quick)
     cell = dataclasses.replace(base, defence="mean")
-    print(f"cell: {cell.learn.task}, {cell.peers} peers, {cell.gossip.rounds} rounds, K={cell.gossip.local_steps}, "
+    print(f"cell: {cell.learn.run.task}, {cell.peers} peers, {cell.gossip.rounds} rounds, K={cell.gossip.local_steps}, "
           f"Q={cell.gossip.gossip_steps}, {os.cpu_count()} cores")
 
     load_cached, cell_cached, acc_cached = timed_cell(cell)

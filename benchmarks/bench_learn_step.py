@@ -21,6 +21,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from p2pfed.config import GossipConfig, RunManifest  # noqa: E402
 from p2pfed.learn import LearnConfig, TaskModel  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def measure(setups: dict[str, LearnConfig], repeats: int) -> dict[str, dict[str,
 
     def step(m: TaskModel) -> Callable[[], object]:
         rows, v = np.arange(m.pool_size), m.initial_vector()
-        return lambda: m.train(v, rows, steps=1, lr=m.cfg.lr, rho=m.cfg.rho, rng=rng)
+        return lambda: m.train(v, rows, steps=1, lr=GossipConfig.lr, rho=GossipConfig.rho, rng=rng)
 
     def evaluate(m: TaskModel) -> Callable[[], object]:
         return lambda: m.evaluate(m.initial_vector())
@@ -71,7 +72,7 @@ def accuracy_after(cfg: LearnConfig, steps: int) -> list[tuple[int, float, float
     for done in range(chunk, steps + 1, chunk):
         started = time.perf_counter()
         v, _ = model.train(
-            v, np.arange(model.pool_size), steps=chunk, lr=cfg.lr, rho=cfg.rho, rng=rng
+            v, np.arange(model.pool_size), steps=chunk, lr=GossipConfig.lr, rho=GossipConfig.rho, rng=rng
         )
         spent += time.perf_counter() - started
         out.append((done, model.evaluate(v).accuracy, spent))
@@ -85,17 +86,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    base = LearnConfig(task=args.task)
+    run = RunManifest(task=args.task)
+    base = LearnConfig(run=run)
     setups = {
-        f"top {base.adapt_layers} layer(s), cached": base,
-        f"top {base.adapt_layers} layer(s), no cache": LearnConfig(
-            task=args.task, feature_cache=False
-        ),
-        "all 6 layers, no cache": LearnConfig(task=args.task, adapt_layers=6, feature_cache=False),
+        f"top {run.adapt_layers} layer(s), cached": base,
+        f"top {run.adapt_layers} layer(s), no cache": LearnConfig(run=run, feature_cache=False),
+        "all 6 layers, no cache": LearnConfig(run=RunManifest(task=args.task, adapt_layers=6), feature_cache=False),
     }
     results = measure(setups, args.repeats)
     print(
-        f"task {args.task}, batch {base.batch_size}, max {base.max_tokens} tokens, SAM rho {base.rho}"
+        f"task {args.task}, batch {base.batch_size}, max {run.max_tokens} tokens, SAM rho {GossipConfig.rho}"
     )
     print(
         f"{'setup':34s} {'load s':>7s} {'step s':>8s} {'eval s':>7s} {'score5 s':>9s} {'dim':>7s}"

@@ -26,7 +26,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from p2pfed.config import GossipConfig  # noqa: E402
+from p2pfed.config import (
+    GossipConfig,  # noqa: E402
+    RunManifest,  # noqa: E402
+)
 from p2pfed.learn import LearnConfig, TaskModel  # noqa: E402
 from p2pfed.learn.partition import partition, split_validation  # noqa: E402
 from p2pfed.robust.base import DefenceInput  # noqa: E402
@@ -47,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     gossip = GossipConfig()
-    model = TaskModel.load(LearnConfig(task=args.task, threads=args.threads))
+    model = TaskModel.load(LearnConfig(run=RunManifest(task=args.task), threads=args.threads))
     rng = np.random.default_rng(0)
     shards = partition(  # the split `p2pfed sim` makes with seed 0
         model.train_labels,

@@ -67,15 +67,15 @@ def plain_peft_steps_per_second(steps: int, learn: LearnConfig) -> float:
     from p2pfed.learn.data import load_task
     from p2pfed.learn.models import resolve_model
 
-    spec = resolve_model(learn.model)
-    data = load_task(learn.task)
+    spec = resolve_model(learn.run.model)
+    data = load_task(learn.source)
     tokenizer = AutoTokenizer.from_pretrained(spec.directory)
     model = AutoModelForSequenceClassification.from_pretrained(spec.directory, num_labels=len(data.label_names))
     layers = model.config.num_hidden_layers
-    top = list(range(layers - learn.adapt_layers, layers))
+    top = list(range(layers - learn.run.adapt_layers, layers))
     lora = LoraConfig(
-        r=learn.lora_rank,
-        lora_alpha=learn.lora_alpha,
+        r=learn.run.lora_rank,
+        lora_alpha=learn.run.lora_alpha,
         target_modules=["query", "key", "value"],
         layers_to_transform=top,
         modules_to_save=["classifier"],
@@ -90,7 +90,7 @@ def plain_peft_steps_per_second(steps: int, learn: LearnConfig) -> float:
     def step() -> None:
         rows = rng.choice(len(texts), size=learn.batch_size, replace=False)
         batch = tokenizer(
-            [texts[i] for i in rows], truncation=True, max_length=learn.max_tokens, padding=True, return_tensors="pt"
+            [texts[i] for i in rows], truncation=True, max_length=learn.run.max_tokens, padding=True, return_tensors="pt"
         )
         loss = model(**batch, labels=torch.as_tensor(labels[rows])).loss
         optimizer.zero_grad()

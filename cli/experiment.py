@@ -180,7 +180,7 @@ def experiment(
     click.echo(
         f"p2pfed experiment: {len(cfg.grid.attacks)} attacks × {len(cfg.grid.defences)} defences × "
         f"byzantine {list(cfg.grid.byzantine)} × seeds {list(cfg.grid.seeds)} = {len(cells)} cells of "
-        f"{base_cfg.peers} peers, {base_cfg.gossip.rounds} rounds on {base_cfg.learn.task} -> {out}"
+        f"{base_cfg.peers} peers, {base_cfg.gossip.rounds} rounds on {base_cfg.learn.run.task} -> {out}"
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

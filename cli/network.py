@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from p2pfed.cli.options import key_values
-from p2pfed.config import GossipConfig
+from p2pfed.config import LORA_MODES, MAX_NEIGHBOURS, GossipConfig, RunManifest
 
 DEFAULT_OUT = Path("p2pfed-node")
 
@@ -33,48 +33,53 @@ def keygen(path: Path, force: bool) -> None:
 
 @click.command()
 @click.argument("run_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", default="minilm", show_default=True,
+@click.option("--model", default=RunManifest.model, show_default=True,
               help="'minilm', 'smollm2' or a local HF model directory; its content hash is pinned.")
-@click.option("--task", default="sms-spam", show_default=True,
+@click.option("--task", default=RunManifest.task, show_default=True,
               help="Built-in task ('sms-spam', 'trec'), a .jsonl file (labels read from it), or a name with --labels.")
 @click.option("--labels", default="", help="Comma-separated class names, in index order (custom tasks).")
-@click.option("--lora-mode", type=click.Choice(["shared-a", "full"]), default="shared-a", show_default=True)
-@click.option("--lora-rank", default=8, show_default=True)
-@click.option("--lora-alpha", default=16.0, show_default=True)
-@click.option("--adapt-layers", default=1, show_default=True, help="LoRA on the top N transformer layers.")
-@click.option("--max-tokens", default=64, show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Shared seed: frozen A and the initial head.")
+@click.option("--lora-mode", type=click.Choice(LORA_MODES), default=RunManifest.lora_mode, show_default=True)
+@click.option("--lora-rank", default=RunManifest.lora_rank, show_default=True)
+@click.option("--lora-alpha", default=RunManifest.lora_alpha, show_default=True)
+@click.option("--adapt-layers", default=RunManifest.adapt_layers, show_default=True,
+              help="LoRA on the top N transformer layers.")
+@click.option("--max-tokens", default=RunManifest.max_tokens, show_default=True)
+@click.option("--seed", default=RunManifest.seed, show_default=True, help="Shared seed: frozen A and the initial head.")
+@click.option("--gossip-steps", "-Q", default=RunManifest.gossip_steps, show_default=True,
+              help="Q: gossip (mixing) steps per round; part of the run contract.")
+@click.option("--round-window", default=RunManifest.round_window, show_default=True,
+              help="Accept updates up to this many rounds from ours; part of the run contract.")
 @click.option("--rounds", default=GossipConfig.rounds, show_default=True)
 @click.option("--local-steps", "-K", default=GossipConfig.local_steps, show_default=True)
-@click.option("--gossip-steps", "-Q", default=GossipConfig.gossip_steps, show_default=True)
 @click.option("--rho", default=GossipConfig.rho, show_default=True)
 @click.option("--lr", default=GossipConfig.lr, show_default=True)
 @click.option("--step-timeout", default=GossipConfig.step_timeout, show_default=True,
               help="Seconds a peer waits for its neighbours in one gossip step.")
 @click.option("--force", is_flag=True, help="Overwrite an existing run file.")
 def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lora_rank: int, lora_alpha: float,
-         adapt_layers: int, max_tokens: int, seed: int, rounds: int, local_steps: int, gossip_steps: int,
-         rho: float, lr: float, step_timeout: float, force: bool) -> None:
-    """Write a run manifest: base model + content hash, task/labels, LoRA, seed, protocol version.
+         adapt_layers: int, max_tokens: int, seed: int, gossip_steps: int, round_window: int, rounds: int,
+         local_steps: int, rho: float, lr: float, step_timeout: float, force: bool) -> None:
+    """Write a run file: the [run] contract (base model + content hash, task/labels, LoRA, seed, Q, round
+    window, protocol version) and the [gossip] schedule.
 
-    Every peer of the run joins with the same file; its digest names the run and is signed into every
-    update. The [gossip] table holds the schedule peers should share (join options may override it).
+    Every peer of the run joins with the same file; the contract's digest names the run's topic and is
+    signed into every update. The [gossip] table holds the schedule peers should share (join options may
+    override it).
     """
     from p2pfed.daemon.runfile import RunFile, create_manifest
     from p2pfed.errors import ConfigError
 
     if run_file.exists() and not force:
         raise ConfigError(f"{run_file} exists; use --force to replace it")
-    manifest = create_manifest(
+    manifest = create_manifest(RunManifest(
         model=model, task=task, labels=tuple(x.strip() for x in labels.split(",") if x.strip()),
         lora_mode=lora_mode, lora_rank=lora_rank, lora_alpha=lora_alpha, adapt_layers=adapt_layers,
-        max_tokens=max_tokens, seed=seed,
-    )
-    gossip = GossipConfig(rounds=rounds, local_steps=local_steps, gossip_steps=gossip_steps, rho=rho, lr=lr,
-                          step_timeout=step_timeout)
+        max_tokens=max_tokens, seed=seed, gossip_steps=gossip_steps, round_window=round_window,
+    ))
+    gossip = GossipConfig(rounds=rounds, local_steps=local_steps, rho=rho, lr=lr, step_timeout=step_timeout)
     RunFile(manifest, gossip).save(run_file)
-    click.echo(f"{run_file}: run {manifest.topic} · {manifest.model} ({manifest.base_hash[:12]}…) · "
-               f"{manifest.task} {list(manifest.labels)} · seed {manifest.seed}")
+    click.echo(f"{run_file}: topic {manifest.topic} · {manifest.model} ({manifest.base_hash[:12]}…) · "
+               f"{manifest.task} {list(manifest.labels)} · seed {manifest.seed} · Q={manifest.gossip_steps}")
 
 
 @click.command()
@@ -97,12 +102,11 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
               help="Identity file (default: <out>/identity.key, created if missing).")
 @click.option("--rounds", type=int, default=None, help="Override the run file's rounds.")
 @click.option("--local-steps", "-K", type=int, default=None, help="Override K.")
-@click.option("--gossip-steps", "-Q", type=int, default=None, help="Override Q (all peers must agree).")
 @click.option("--step-timeout", type=float, default=None,
               help="Seconds to wait for neighbours per gossip step (a dead peer costs this much).")
 @click.option("--defence", default=None, help="Aggregation rule (default: bristle).")
 @click.option("--defence-param", multiple=True, metavar="KEY=VALUE")
-@click.option("--max-neighbours", default=16, show_default=True)
+@click.option("--max-neighbours", default=MAX_NEIGHBOURS, show_default=True)
 @click.option("--min-neighbours", default=1, show_default=True, help="Neighbours to wait for before round 1.")
 @click.option("--wait", "neighbour_wait", default=600.0, show_default=True,
               help="Seconds to wait for --min-neighbours before giving up.")
@@ -115,12 +119,13 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
 def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...],
          announce: tuple[str, ...],
          mdns: bool, out: Path, key: Path | None, rounds: int | None, local_steps: int | None,
-         gossip_steps: int | None, step_timeout: float | None, defence: str | None,
+         step_timeout: float | None, defence: str | None,
          defence_param: tuple[str, ...], max_neighbours: int, min_neighbours: int, neighbour_wait: float,
          eval_size: int, threads: int, metrics_addr: str | None, index: int | None) -> None:
     """Join a run: discover its peers, train on your data, gossip adapters, checkpoint every round.
 
-    Ctrl-C or SIGTERM stops cleanly; running the same command again resumes from the checkpoint.
+    Q and the round window are the run file's (part of its contract). Ctrl-C or SIGTERM stops cleanly;
+    running the same command again resumes from the checkpoint.
     """
     import contextlib
     import dataclasses
@@ -137,8 +142,7 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
         parse_address(metrics_addr)  # a typo fails now, not after the model has loaded
     _quiet_terminal_handlers()
     attach_log_file(out)
-    overrides: dict[str, Any] = {"rounds": rounds, "local_steps": local_steps, "gossip_steps": gossip_steps,
-                 "step_timeout": step_timeout}
+    overrides: dict[str, Any] = {"rounds": rounds, "local_steps": local_steps, "step_timeout": step_timeout}
     gossip = dataclasses.replace(RunFile.load(run_file).gossip, **{k: v for k, v in overrides.items() if v is not None})
     cfg = NodeConfig(
         run_file=run_file, data=data, out=out, eval_data=eval_data, identity=key, listen=listen,
@@ -157,8 +161,8 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
     except KeyboardInterrupt:
         click.echo("interrupted while loading; nothing to save", err=True)
         raise SystemExit(130) from None
-    click.echo(f"peer {node.identity.peer_id} · run {node.manifest.topic} · {gossip.rounds} rounds "
-               f"K={gossip.local_steps} Q={gossip.gossip_steps}", err=True)
+    click.echo(f"peer {node.identity.peer_id} · topic {node.manifest.topic} · {node.gossip.rounds} rounds "
+               f"K={node.gossip.local_steps} Q={node.gossip.gossip_steps}", err=True)
     with contextlib.ExitStack() as stack:
         if metrics_addr is not None:
             host, port = stack.enter_context(serving(node.metrics, metrics_addr))

@@ -9,7 +9,7 @@ import click
 from tqdm import tqdm
 
 from p2pfed.cli.options import key_values
-from p2pfed.config import GossipConfig
+from p2pfed.config import LORA_MODES, MAX_NEIGHBOURS, GossipConfig, RunManifest
 from p2pfed.learn import LearnConfig
 from p2pfed.peer.topology import DEFAULT_DEGREE, TOPOLOGIES, fit_degree
 from p2pfed.robust.registry import DEFAULT_DEFENCE
@@ -40,16 +40,16 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--alpha", default=0.5, show_default=True,
               help="Dirichlet concentration: smaller = more non-IID.")
 @click.option("--classes-per-peer", default=2, show_default=True, help="Classes per peer (k-classes).")
-@click.option("--model", default=LearnConfig.model, show_default=True,
+@click.option("--model", default=RunManifest.model, show_default=True,
               help="'minilm', 'smollm2', or the path of a local HuggingFace model directory.")
-@click.option("--task", default=LearnConfig.task, show_default=True,
+@click.option("--task", default=RunManifest.task, show_default=True,
               help="Built-in task ('sms-spam', 'trec').")
 @click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help='A .jsonl file of {"text","label"} or {"prompt","response"} rows instead of --task.')
-@click.option("--lora-mode", type=click.Choice(["shared-a", "full"]), default="shared-a", show_default=True,
+@click.option("--lora-mode", type=click.Choice(LORA_MODES), default=RunManifest.lora_mode, show_default=True,
               help="shared-a: A frozen and shared from the seed, train B (exact averaging); full: train A and B.")
-@click.option("--lora-rank", default=LearnConfig.lora_rank, show_default=True)
-@click.option("--adapt-layers", default=LearnConfig.adapt_layers, show_default=True,
+@click.option("--lora-rank", default=RunManifest.lora_rank, show_default=True)
+@click.option("--adapt-layers", default=RunManifest.adapt_layers, show_default=True,
               help="LoRA on the top N transformer layers; lower layers are frozen and computed once.")
 @click.option("--byzantine", default=0, show_default=True, help="How many peers are Byzantine.")
 @click.option("--placement", type=click.Choice(PLACEMENTS), default="random", show_default=True,
@@ -63,7 +63,7 @@ from p2pfed.sims.placement import PLACEMENTS
               help="Aggregation rule of honest peers: a built-in name or 'module:Class'.")
 @click.option("--defence-param", multiple=True, metavar="KEY=VALUE", help="Parameter of the defence (repeatable).")
 @click.option("--drop", default=0.0, show_default=True, help="Probability that a message is lost.")
-@click.option("--seed", default=0, show_default=True, help="Run seed: data split, topology, adapters, attacks.")
+@click.option("--seed", default=RunManifest.seed, show_default=True, help="Run seed: data split, topology, adapters, attacks.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default: runs/sim-<time>).")
 @click.option("--no-adapters", is_flag=True, help="Do not write each peer's final adapter.")
@@ -71,7 +71,7 @@ from p2pfed.sims.placement import PLACEMENTS
               help="memory: in-process channels; libp2p: a real host per peer on 127.0.0.1.")
 @click.option("--processes", is_flag=True,
               help="With --transport libp2p: one `p2pfed join` OS process per peer (honest peers only); "
-                   "they link as join does (each to every peer it finds, up to 16), not by --topology.")
+                   f"they link as join does (each to every peer it finds, up to {MAX_NEIGHBOURS}), not by --topology.")
 def sim(
     peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, logit_adjust: float,
     topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
@@ -100,7 +100,7 @@ def sim(
         explicit = click.get_current_context().get_parameter_source("topology")
         if topology != "complete" and explicit is click.core.ParameterSource.COMMANDLINE:
             raise click.BadParameter(
-                "--processes peers find each other as `p2pfed join` does (peer exchange, up to 16 "
+                f"--processes peers find each other as `p2pfed join` does (peer exchange, up to {MAX_NEIGHBOURS} "
                 "neighbours each), so --topology only applies in one process: drop --processes, or "
                 "use --topology complete",
                 param_hint="--topology",
@@ -132,12 +132,14 @@ def sim(
             logit_adjust=logit_adjust,
         ),
         learn=LearnConfig(
-            model=model,
-            task=str(data_file) if data_file else task,
-            lora_mode=lora_mode,
-            lora_rank=lora_rank,
-            adapt_layers=adapt_layers,
-            seed=seed,
+            run=RunManifest(
+                model=model,
+                task=str(data_file) if data_file else task,
+                lora_mode=lora_mode,
+                lora_rank=lora_rank,
+                adapt_layers=adapt_layers,
+                seed=seed,
+            )
         ),
     )
     validate(cfg)
@@ -147,10 +149,10 @@ def sim(
                    f"{chosen.victims or '(none: too few Byzantine peers for any neighbourhood)'}")
     out = out or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
     click.echo(f"p2pfed sim: {peers} peers, {rounds} rounds, K={local_steps}, Q={gossip_steps}, rho={rho} "
-               f"on {cfg.learn.task} with {model} over {transport}{' processes' if processes else ''} -> {out}")
+               f"on {cfg.learn.run.task} with {model} over {transport}{' processes' if processes else ''} -> {out}")
     if processes:
         click.echo("--processes: every peer is a `p2pfed join` process and links to every other it "
-                   "finds (up to 16); --topology applies to simulations in one process only")
+                   f"finds (up to {MAX_NEIGHBOURS}); --topology applies to simulations in one process only")
         from p2pfed.sims.processes import run_processes
 
         _print_table(run_processes(cfg, out).summary)

@@ -3,7 +3,8 @@
 An `ExperimentConfig` is a base `SimConfig` plus a `Grid` of axes. `cells()` expands it into one `Cell`
 per simulation, each named by a stable id (a hash of its full `SimConfig`), which is what makes a grid
 resumable: `p2pfed.sims.grid_runner` runs the cells whose id has no result yet. A TOML file has a `[base]`
-table (fields of SimConfig, GossipConfig and LearnConfig, flat) and a `[grid]` table (fields of `Grid`).
+table (fields of SimConfig, GossipConfig, LearnConfig and its run contract, flat) and a `[grid]` table
+(fields of `Grid`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tomli_w
 
 from p2pfed.attacks.base import Behaviour
 from p2pfed.attacks.registry import ATTACKS, SYBIL, load_behaviour
-from p2pfed.config import GossipConfig, from_mapping
+from p2pfed.config import SHARED_SCHEDULE, GossipConfig, RunManifest, from_mapping
 from p2pfed.errors import ConfigError
 from p2pfed.learn import LearnConfig
 from p2pfed.robust.registry import DEFAULT_DEFENCE, DEFENCES, load_defence
@@ -68,7 +69,7 @@ def default_base() -> SimConfig:
         topology="complete",
         save_adapters=False,
         gossip=GossipConfig(rounds=10),
-        learn=LearnConfig(task="trec"),
+        learn=LearnConfig(run=RunManifest(task="trec")),
     )
 
 
@@ -192,7 +193,7 @@ class ExperimentConfig:
         cells: dict[str, Cell] = {}
         counts = sorted({self.grid.count(v, self.base.peers) for v in self.grid.byzantine})
         for seed in self.grid.seeds:
-            learn = dataclasses.replace(self.base.learn, seed=seed)
+            learn = dataclasses.replace(self.base.learn, run=dataclasses.replace(self.base.learn.run, seed=seed))
             for attack in self.grid.attacks:
                 for byzantine in [0] if attack == ATTACK_FREE else counts:
                     for defence in self.grid.defences:
@@ -241,32 +242,32 @@ def check_cells(cells: list[Cell]) -> None:
 
 _SIM_KEYS = {f.name for f in dataclasses.fields(SimConfig)} - {"gossip", "learn"}
 _GOSSIP_KEYS = {f.name for f in dataclasses.fields(GossipConfig)}
-_LEARN_KEYS = {f.name for f in dataclasses.fields(LearnConfig)}
+_LEARN_KEYS = {f.name for f in dataclasses.fields(LearnConfig)} - {"run"}
+# the contract's fields a grid may set; Q and the round window are the schedule's, the rest the model's
+_RUN_KEYS = {f.name for f in dataclasses.fields(RunManifest)} - {*SHARED_SCHEDULE, "base_hash", "labels",
+                                                                 "protocol_version"}
 
 
 def base_from_mapping(data: dict[str, Any], *, source: str, base: SimConfig | None = None) -> SimConfig:
-    """A SimConfig from flat keys of SimConfig, GossipConfig and LearnConfig, applied over `base` (default:
-    the experiment's default base). A flat key sets every one of the three that has it (`lr`); optional
-    `gossip`/`learn` sub-tables set one only."""
+    """A SimConfig from flat keys of SimConfig, GossipConfig, LearnConfig and its run contract, applied over
+    `base` (default: the experiment's default base). No key belongs to two of them."""
     base = base or default_base()
-    flat = dict(data)
-    nested = {k: flat.pop(k) for k in ("gossip", "learn") if isinstance(flat.get(k), dict)}
-    owned = sorted((set(flat) | set(nested.get("learn", {}))) & set(GRID_OWNED))
+    owned = sorted(set(data) & set(GRID_OWNED))
     if owned:
         moves = ", ".join(f"{k} -> [grid] {GRID_OWNED[k]}" for k in owned)
         raise ConfigError(f"{source}: the grid sets {owned} per cell; move them: {moves}")
-    unknown = sorted(set(flat) - _SIM_KEYS - _GOSSIP_KEYS - _LEARN_KEYS)
+    valid = _SIM_KEYS | _GOSSIP_KEYS | _LEARN_KEYS | _RUN_KEYS
+    unknown = sorted(set(data) - valid)
     if unknown:
-        valid = sorted((_SIM_KEYS | _GOSSIP_KEYS | _LEARN_KEYS) - set(GRID_OWNED))
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {valid}")
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(valid - set(GRID_OWNED))}")
 
-    def pick(keys: set[str], current: Any, table: str) -> dict[str, Any]:
-        chosen = {k: v for k, v in flat.items() if k in keys}
-        return {**dataclasses.asdict(current), **chosen, **nested.get(table, {})}
+    def pick(keys: set[str], current: Any) -> dict[str, Any]:
+        return {**dataclasses.asdict(current), **{k: v for k, v in data.items() if k in keys}}
 
-    gossip = from_mapping(GossipConfig, pick(_GOSSIP_KEYS, base.gossip, "gossip"), source=f"{source} gossip")
-    learn = from_mapping(LearnConfig, pick(_LEARN_KEYS, base.learn, "learn"), source=f"{source} learn")
-    sim = {k: v for k, v in pick(_SIM_KEYS, base, "").items() if k not in ("gossip", "learn")}
+    run = RunManifest.from_mapping(pick(_RUN_KEYS, base.learn.run), source=f"{source} run")
+    learn = from_mapping(LearnConfig, {**pick(_LEARN_KEYS, base.learn), "run": run}, source=f"{source} learn")
+    gossip = from_mapping(GossipConfig, pick(_GOSSIP_KEYS, base.gossip), source=f"{source} gossip")
+    sim = {k: v for k, v in pick(_SIM_KEYS, base).items() if k not in ("gossip", "learn")}
     return from_mapping(SimConfig, {**sim, "gossip": gossip, "learn": learn}, source=source)
 
 
@@ -293,17 +294,10 @@ def read_toml(path: Path) -> dict[str, Any]:
 def to_mapping(cfg: ExperimentConfig) -> dict[str, Any]:
     """The `[base]` + `[grid]` tables that `experiment_from_mapping` reads back to the same config."""
     sim = cfg.base.to_dict()
-    base = {k: v for k, v in sim.items() if k not in ("gossip", "learn") and k not in GRID_OWNED}
-    learn = {k: v for k, v in sim["learn"].items() if k not in GRID_OWNED}
-    shared = set(sim["gossip"]) & set(learn)
-    base.update({k: v for k, v in sim["gossip"].items() if k not in shared})
-    base.update({k: v for k, v in learn.items() if k not in shared})
-    for key in sorted(shared):  # a key both have: flat if they agree, else one sub-table each
-        if sim["gossip"][key] == learn[key]:
-            base[key] = learn[key]
-        else:
-            base.setdefault("gossip", {})[key] = sim["gossip"][key]
-            base.setdefault("learn", {})[key] = learn[key]
+    learn = sim.pop("learn")
+    flat = {**sim.pop("gossip"), **learn.pop("run"), **learn, **sim}
+    base = {k: v for k, v in flat.items() if k in _SIM_KEYS | _GOSSIP_KEYS | _LEARN_KEYS | _RUN_KEYS}
+    base = {k: list(v) if isinstance(v, tuple) else v for k, v in base.items() if k not in GRID_OWNED and v is not None}
     grid = dataclasses.asdict(cfg.grid)
     grid = {k: list(v) if isinstance(v, tuple) else v for k, v in grid.items()}
     return {"base": base, "grid": grid}

@@ -20,16 +20,15 @@ from typing import Any
 import numpy as np
 
 from p2pfed.config import RunManifest, write_atomic
-from p2pfed.daemon.runfile import RunFile
+from p2pfed.daemon.runfile import RunFile, create_manifest
 from p2pfed.daemon.status import read_metrics
 from p2pfed.errors import NetworkError
 from p2pfed.learn.data import load_task, split_test
-from p2pfed.learn.models import resolve_model
 from p2pfed.learn.partition import partition
 from p2pfed.peer.checkpoint import load_checkpoint
 from p2pfed.seeds import Seed, partition_rng
 from p2pfed.sims.oracle import ORACLE
-from p2pfed.sims.simulate import SimConfig, SimResult, manifest_of
+from p2pfed.sims.simulate import SimConfig, SimResult
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def export_shards(
 
     `eval_rows` keeps only that many test rows (stratified order is kept); `max_rows` caps each shard.
     """
-    data = load_task(cfg.learn.task)
+    data = load_task(cfg.learn.source)
     pool, test = split_test(data.labels, cfg.learn.test_size, cfg.seed)
     rng = partition_rng(cfg.seed)
     shards = partition(
@@ -63,10 +62,7 @@ def export_shards(
 
 
 def manifest_for(cfg: SimConfig) -> RunManifest:
-    data = load_task(cfg.learn.task)
-    return manifest_of(
-        cfg.learn, base_hash=resolve_model(cfg.learn.model).base_hash, task=data.name, labels=tuple(data.label_names)
-    )
+    return create_manifest(cfg.learn.run)
 
 
 def join_command(run_file: Path, data: Path, out: Path, *, eval_file: Path | None, extra: list[str]) -> list[str]:

@@ -25,7 +25,7 @@ import trio
 
 from p2pfed.attacks.base import Behaviour, Collusion
 from p2pfed.attacks.registry import load_behaviour
-from p2pfed.config import GossipConfig, RunManifest, write_atomic
+from p2pfed.config import MAX_NEIGHBOURS, SHARED_SCHEDULE, GossipConfig, RunManifest, write_atomic
 from p2pfed.errors import ConfigError
 from p2pfed.learn import LearnConfig, TaskModel
 from p2pfed.learn.partition import partition, split_validation
@@ -71,11 +71,16 @@ class SimConfig:
     drop: float = 0.0  # memory transport: probability a message is lost
     save_adapters: bool = True
     gossip: GossipConfig = field(default_factory=GossipConfig)
-    learn: LearnConfig = field(default_factory=LearnConfig)
+    learn: LearnConfig = field(default_factory=LearnConfig)  # its `run` is the contract of the simulated run
+
+    def __post_init__(self) -> None:
+        # a simulation's schedule sets Q and the round window; its contract records them
+        run = dataclasses.replace(self.learn.run, **{k: getattr(self.gossip, k) for k in SHARED_SCHEDULE})
+        object.__setattr__(self, "learn", dataclasses.replace(self.learn, run=run))
 
     @property
     def seed(self) -> int:
-        return self.learn.seed
+        return self.learn.run.seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,7 +180,7 @@ async def _simulate(
 
     compute = trio.CapacityLimiter(1)  # one torch job at a time: the shared model is not thread-safe
     schema = Schema.from_tensors({TENSOR: np.zeros(model.dim, dtype=np.float32)})
-    run_digest = _run_digest(cfg, model)
+    run_digest = run_contract(cfg, model).digest()
     initial = model.initial_vector()
     recorder = _Recorder(cfg, ids, placement, byzantine_shares(adjacency, byzantine), progress)
 
@@ -218,7 +223,7 @@ async def _simulate(
         return peers
 
     if transport == "libp2p":  # real hosts on 127.0.0.1, meshed; each Peer still talks to its topology only
-        config = Libp2pConfig(run_digest=run_digest, max_neighbours=max(16, cfg.peers - 1))
+        config = Libp2pConfig(run_digest=run_digest, max_neighbours=max(MAX_NEIGHBOURS, cfg.peers - 1))
         async with loopback_transports(identities, config, timeout_s=60 + cfg.peers) as hosts:
             peers = wire(list(hosts))
             await _run_peers(peers, cfg.gossip.rounds)
@@ -243,22 +248,6 @@ async def _run_peers(peers: list[Peer], rounds: int) -> None:
             nursery.start_soon(lambda p=peer: p.run(rounds=rounds))
 
 
-def manifest_of(learn: LearnConfig, *, base_hash: str, task: str, labels: tuple[str, ...]) -> RunManifest:
-    """The run manifest a simulation's peers (or its `join` processes) agree on."""
-    return RunManifest(
-        model=learn.model,
-        base_hash=base_hash,
-        task=task,
-        labels=labels,
-        lora_mode=learn.lora_mode,
-        lora_rank=learn.lora_rank,
-        lora_alpha=learn.lora_alpha,
-        adapt_layers=learn.adapt_layers,
-        max_tokens=learn.max_tokens,
-        seed=learn.seed,
-    )
-
-
 def majority_baseline(model: TaskModel) -> float | None:
     """The accuracy of always answering the test set's most common class (None for instruction data)."""
     labels = model.test_labels
@@ -267,8 +256,9 @@ def majority_baseline(model: TaskModel) -> float | None:
     return float(np.bincount(labels, minlength=model.num_classes).max() / labels.size)
 
 
-def _run_digest(cfg: SimConfig, model: TaskModel) -> bytes:
-    return manifest_of(cfg.learn, base_hash=model.base_hash, task=cfg.learn.task, labels=tuple(model.label_names)).digest()
+def run_contract(cfg: SimConfig, model: TaskModel) -> RunManifest:
+    """The contract a simulation's peers agree on: the configured one, pinned to the loaded base model."""
+    return dataclasses.replace(cfg.learn.run, base_hash=model.base_hash, labels=tuple(model.label_names))
 
 
 class _Recorder:
@@ -399,6 +389,6 @@ def _write_run_dir(
 def _title(cfg: SimConfig) -> str:
     attack = f", {cfg.byzantine} Byzantine ({cfg.attack}), defence {cfg.defence}" if cfg.byzantine else ""
     return (
-        f"{cfg.learn.task} · {cfg.learn.model} · {cfg.peers} peers ({cfg.topology}, {cfg.partition} α={cfg.alpha})"
+        f"{cfg.learn.run.task} · {cfg.learn.run.model} · {cfg.peers} peers ({cfg.topology}, {cfg.partition} α={cfg.alpha})"
         f" · K={cfg.gossip.local_steps} Q={cfg.gossip.gossip_steps} ρ={cfg.gossip.rho}{attack}"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from p2pfed.config import RunManifest
 from p2pfed.learn import LearnConfig, TaskModel
 from p2pfed.learn.data import load_task
 
@@ -35,4 +36,6 @@ def write_slice(task: str, per_class: int, path: Path) -> str:
 def load(small_task: str, cache_dir: Path, **overrides) -> TaskModel:  # type: ignore[no-untyped-def]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("P2PFED_CACHE", str(cache_dir))
-        return TaskModel.load(LearnConfig(task=small_task, test_size=40, batch_size=8, **overrides))
+        contract = {k: overrides.pop(k) for k in list(overrides) if k in RunManifest.__dataclass_fields__}
+        run = RunManifest(task=small_task, **contract)
+        return TaskModel.load(LearnConfig(run=run, test_size=40, batch_size=8, **overrides))

@@ -5,6 +5,7 @@ Three `Node`s (real libp2p hosts on 127.0.0.1) in one process share one loaded m
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,10 @@ JOIN_AFTER = 4  # rounds the first two nodes run before the third one starts
 
 
 def test_a_late_joiner_starts_at_the_network_round_from_its_neighbours(tmp_path: Path) -> None:
-    learn = LearnConfig(task="sms-spam")
-    model = TaskModel.load(learn)
-    manifest = RunManifest(model="minilm", base_hash=model.base_hash, task="sms-spam", labels=("ham", "spam"),
-                           adapt_layers=learn.adapt_layers, seed=learn.seed)
-    run = RunFile(manifest, GossipConfig(rounds=ROUNDS, local_steps=3, gossip_steps=1, step_timeout=15))
+    contract = RunManifest(task="sms-spam", gossip_steps=1)
+    model = TaskModel.load(LearnConfig(run=contract))
+    manifest = dataclasses.replace(contract, base_hash=model.base_hash, labels=("ham", "spam"))
+    run = RunFile(manifest, GossipConfig(rounds=ROUNDS, local_steps=3, step_timeout=15))
     run.save(tmp_path / "run.toml")
     lines: dict[int, list[str]] = {0: [], 1: [], 2: []}
 

@@ -73,7 +73,7 @@ class Recorder:
 def test_default_grid_is_the_issue_grid_from_the_registries() -> None:
     cfg = ExperimentConfig()
     attacks = [a for a in ATTACKS if a != "honest"] + [SYBIL]
-    assert cfg.base.peers == 16 and cfg.base.learn.task == "trec" and cfg.base.partition == "dirichlet"
+    assert cfg.base.peers == 16 and cfg.base.learn.run.task == "trec" and cfg.base.partition == "dirichlet"
     assert cfg.grid.attacks == ("none", *attacks)
     assert cfg.base.topology == "complete"
     assert cfg.grid.defences == (*DEFENCES, "oracle")  # the oracle: the reference column
@@ -143,7 +143,7 @@ def test_toml_routes_flat_base_keys_and_round_trips(tmp_path: Path) -> None:
     )
     cfg = load_experiment(path)
     assert (cfg.base.peers, cfg.base.gossip.rounds, cfg.base.gossip.local_steps) == (8, 3, 2)
-    assert (cfg.base.learn.task, cfg.base.alpha) == ("sms-spam", 0.3)
+    assert (cfg.base.learn.run.task, cfg.base.alpha) == ("sms-spam", 0.3)
     assert cfg.grid.defences == ("mean", "trimmed_mean")
     (tmp_path / "again.toml").write_text(to_toml(cfg))
     assert load_experiment(tmp_path / "again.toml") == cfg

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from p2pfed.config import RunManifest
 from p2pfed.learn import LearnConfig, TaskModel, partition
 
 
@@ -52,7 +53,7 @@ def test_smollm2_trains_a_few_steps_on_label_tokens(tmp_path):
     path = tmp_path / "sms120.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = TaskModel.load(
-        LearnConfig(model="smollm2", task=str(path), test_size=40, max_tokens=48)
+        LearnConfig(run=RunManifest(model="smollm2", task=str(path), max_tokens=48), test_size=40)
     )
     assert model.kind == "classification" and model.label_names == ("ham", "spam")
     v0 = model.initial_vector()

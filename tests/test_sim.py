@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from p2pfed.cli.main import main
-from p2pfed.config import GossipConfig
+from p2pfed.config import GossipConfig, RunManifest
 from p2pfed.learn import LearnConfig, TaskModel
 from p2pfed.sims.simulate import SimConfig, SimResult, run_simulation
 
@@ -21,14 +21,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def model() -> TaskModel:
-    return TaskModel.load(LearnConfig(seed=3))
+    return TaskModel.load(LearnConfig(run=RunManifest(seed=3)))
 
 
 def small(**changes: object) -> SimConfig:
     base = SimConfig(
         peers=4,
         degree=2,
-        learn=LearnConfig(seed=3),
+        learn=LearnConfig(run=RunManifest(seed=3)),
         gossip=GossipConfig(rounds=4, local_steps=10, gossip_steps=2),
     )
     return SimConfig(**{**base.__dict__, **changes})  # type: ignore[arg-type]

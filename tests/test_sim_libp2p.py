@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pfed.config import GossipConfig
+from p2pfed.config import GossipConfig, RunManifest
 from p2pfed.learn import LearnConfig, TaskModel
 from p2pfed.sims.simulate import SimConfig, run_simulation
 
@@ -21,7 +21,7 @@ NOISE = 0.02  # accuracy on 500 test rows; same seeds, so the paths differ only 
 
 @pytest.fixture(scope="module")
 def model() -> TaskModel:
-    return TaskModel.load(LearnConfig(task="sms-spam"))
+    return TaskModel.load(LearnConfig(run=RunManifest(task="sms-spam")))
 
 
 def curve(summary: dict) -> list[float]:  # type: ignore[type-arg]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import trio
 
-from p2pfed.config import GossipConfig, RunManifest
+from p2pfed.config import ANNOUNCE_INTERVAL_S, MAX_NEIGHBOURS, GossipConfig, RunManifest
 from p2pfed.daemon.files import (
     IDENTITY_FILE,
     claim_directory,
@@ -64,17 +64,17 @@ class NodeConfig:
     bootstrap: tuple[str, ...] = ()
     announce: tuple[str, ...] = ()  # addresses to tell other peers (a public IP behind 0.0.0.0)
     mdns: bool = False
-    gossip: GossipConfig | None = None  # None: the run file's [gossip] table
+    gossip: GossipConfig | None = None  # None: the run file's [gossip] table; Q, round window: the run's
     defence: str = DEFAULT_DEFENCE
     defence_params: dict[str, Any] = field(default_factory=dict)
-    max_neighbours: int = 16
+    max_neighbours: int = MAX_NEIGHBOURS
     min_neighbours: int = 1  # round 0 waits for this many neighbours
     neighbour_wait_s: float = 600.0  # give up (error) if they do not show up by then
     val_fraction: float = 0.15  # of the training rows, held out for the defence's validation scores
     eval_size: int = 200  # held-out evaluation rows when there is no --eval file (at most 1/5 of the data)
     evaluate_every: int = 1
     threads: int = 0  # torch threads; 0 = torch's default
-    announce_interval_s: float = 5.0  # presence (peer exchange, degrees) on the run's gossip topic
+    announce_interval_s: float = ANNOUNCE_INTERVAL_S  # presence (peer exchange, degrees) on the run's topic
     index: int | None = None  # seed stream of this peer; None: derived from the peer ID (simulations set it)
 
 
@@ -118,7 +118,7 @@ class Node:
     ) -> None:
         self.cfg = cfg
         self.manifest = run.manifest
-        self.gossip = cfg.gossip or run.gossip
+        self.gossip = self.manifest.schedule(cfg.gossip or run.gossip)
         self.identity = identity
         self.model = model
         self.run_digest = self.manifest.digest()
@@ -212,16 +212,7 @@ class Node:
             raise ConfigError(f"data file {cfg.data} does not exist")
         rows = _count_rows(cfg.data)
         learn = LearnConfig(
-            model=manifest.model,
-            task=str(cfg.data),
-            lora_mode=manifest.lora_mode,
-            lora_rank=manifest.lora_rank,
-            lora_alpha=manifest.lora_alpha,
-            adapt_layers=manifest.adapt_layers,
-            max_tokens=manifest.max_tokens,
-            seed=manifest.seed,
-            test_size=max(1, min(cfg.eval_size, rows // 5)),
-            threads=cfg.threads,
+            run=manifest, data=str(cfg.data), test_size=max(1, min(cfg.eval_size, rows // 5)), threads=cfg.threads
         )
         say(f"loading {manifest.model} and {cfg.data.name} ({rows} rows)")
         model = TaskModel.load(

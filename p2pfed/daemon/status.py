@@ -120,7 +120,7 @@ def format_status(status: Mapping[str, Any], now: float | None = None) -> str:
     age = now - float(status.get("updated", now))
     lines = [
         f"peer     {status.get('peer_id')}  (pid {status.get('pid')})",
-        f"run      {status.get('run')}",
+        f"topic    {status.get('run')}",
         f"state    {status.get('state')}{'  — ' + status['message'] if status.get('message') else ''}"
         f"  (updated {age:.0f} s ago)",
         f"round    {status.get('round')}/{status.get('rounds')}"

@@ -16,7 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from p2pfed.learn.config import LearnConfig
+from p2pfed.config import RunManifest
 from p2pfed.types import FloatVector
 
 ADAPTER = "default"
@@ -24,17 +24,17 @@ _INIT_STREAM = 7  # torch generator stream of the seeded A / head initialisation
 
 
 def lora_config(
-    cfg: LearnConfig,
+    run: RunManifest,
     layer_regex: str,
     targets: tuple[str, ...],
     num_layers: int,
     head_modules: tuple[str, ...],
 ) -> LoraConfig:
-    layers = "|".join(str(i) for i in range(num_layers - cfg.adapt_layers, num_layers))
+    layers = "|".join(str(i) for i in range(num_layers - run.adapt_layers, num_layers))
     return LoraConfig(
-        r=cfg.lora_rank,
+        r=run.lora_rank,
         # peft annotates lora_alpha `int`, but only ever divides it by r (or sqrt(r)): a float is fine
-        lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]
+        lora_alpha=run.lora_alpha,  # type: ignore[arg-type]
         lora_dropout=0.0,
         target_modules=rf".*{layer_regex}\.({layers})\..*\b({'|'.join(targets)})",
         modules_to_save=list(head_modules) or None,
@@ -42,10 +42,10 @@ def lora_config(
     )
 
 
-def attach_lora(model: torch.nn.Module, config: LoraConfig, cfg: LearnConfig) -> PeftModel:
+def attach_lora(model: torch.nn.Module, config: LoraConfig, run: RunManifest) -> PeftModel:
     """Wrap `model` in place with LoRA, initialise A and the head from the seed, set what trains."""
     peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + _INIT_STREAM)
+    generator = torch.Generator().manual_seed(run.seed * 1_000_003 + _INIT_STREAM)
     with torch.no_grad():
         for _, module in sorted(lora_modules(peft_model).items()):
             # torch types a submodule's attribute `Tensor | Module`; a LoRA weight is a Parameter
@@ -53,7 +53,7 @@ def attach_lora(model: torch.nn.Module, config: LoraConfig, cfg: LearnConfig) ->
             bound = 1.0 / math.sqrt(a.shape[1])  # kaiming_uniform(a=sqrt(5)), LoRA's default for A
             a.copy_(torch.rand(a.shape, generator=generator) * 2 * bound - bound)
             cast(torch.Tensor, module.lora_B[ADAPTER].weight).zero_()
-            a.requires_grad_(cfg.lora_mode == "full")
+            a.requires_grad_(run.lora_mode == "full")
         for name, module in sorted(peft_model.named_modules()):
             if name.endswith(f"modules_to_save.{ADAPTER}") and isinstance(module, torch.nn.Linear):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)

@@ -81,7 +81,7 @@ class TaskModel:
         self._backbone = backbone
         self._features = features
         if test_rows is None:
-            self._pool, self._test = split_test(data.labels, cfg.test_size, cfg.seed)
+            self._pool, self._test = split_test(data.labels, cfg.test_size, cfg.run.seed)
         else:  # an explicit evaluation set (a daemon's --eval file)
             self._test = np.asarray(test_rows, dtype=np.int64)
             self._pool = np.setdiff1d(np.arange(len(data), dtype=np.int64), self._test)
@@ -116,7 +116,7 @@ class TaskModel:
         label_names: tuple[str, ...] = (),
     ) -> TaskModel:
         """Load base + adapter + data. `eval_task`: rows used as the test set instead of a held-out
-        split of `cfg.task`; `label_names`: the run's class order for .jsonl files."""
+        split of `cfg.source`; `label_names`: the run's class order for .jsonl files."""
         from transformers import (
             AutoModelForCausalLM,
             AutoModelForSequenceClassification,
@@ -127,8 +127,9 @@ class TaskModel:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         started = time.perf_counter()
-        files = resolve_model(cfg.model, progress=progress)
-        data = load_task(cfg.task, label_names=label_names)
+        run = cfg.run
+        files = resolve_model(run.model, progress=progress)
+        data = load_task(cfg.source, label_names=label_names)
         test_rows = None
         if eval_task is not None:
             data, test_rows = append_eval(data, load_task(eval_task, label_names=data.label_names))
@@ -136,30 +137,30 @@ class TaskModel:
         backbone: EncoderBackbone | CausalBackbone
         if files.causal:
             model = AutoModelForCausalLM.from_pretrained(files.directory, dtype=torch.float32)
-            backbone = CausalBackbone(model, tokenizer, cfg.adapt_layers, data.label_names)
+            backbone = CausalBackbone(model, tokenizer, run.adapt_layers, data.label_names)
         else:
             if data.kind == "instruction":
                 raise ConfigError(
-                    f"instruction data needs a causal LM (e.g. smollm2), not {cfg.model}"
+                    f"instruction data needs a causal LM (e.g. smollm2), not {run.model}"
                 )
             model = AutoModelForSequenceClassification.from_pretrained(
                 files.directory, num_labels=len(data.label_names), dtype=torch.float32
             )
-            backbone = EncoderBackbone(model, tokenizer, cfg.adapt_layers)
+            backbone = EncoderBackbone(model, tokenizer, run.adapt_layers)
         model.eval()
         model.requires_grad_(False)
         config = lora_config(
-            cfg,
+            run,
             backbone.layer_regex,
             backbone.lora_targets,
             backbone.num_layers,
             backbone.head_modules,
         )
-        peft_model = attach_lora(model, config, cfg)
+        peft_model = attach_lora(model, config, run)
         if isinstance(backbone, CausalBackbone):
-            encoded = backbone.encode(data.texts, cfg.max_tokens, data.responses)
+            encoded = backbone.encode(data.texts, run.max_tokens, data.responses)
         else:
-            encoded = backbone.encode(data.texts, cfg.max_tokens)
+            encoded = backbone.encode(data.texts, run.max_tokens)
         key = None
         if cfg.feature_cache:
             key = {
@@ -168,7 +169,7 @@ class TaskModel:
                 "rows": len(data),
                 "split": backbone.split,
                 "kind": backbone.kind,
-                "max_tokens": cfg.max_tokens,
+                "max_tokens": run.max_tokens,
                 "labels": list(data.label_names),
             }
         features = build_features(encoded, backbone, key=key, progress=progress)

@@ -29,6 +29,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.address_validation import expand_wildcard_address
 
+from p2pfed.config import ANNOUNCE_INTERVAL_S, MAX_NEIGHBOURS, run_topic
 from p2pfed.net.framing import FrameError, read_frame_chunks
 from p2pfed.net.libp2p_discovery import Discovery
 from p2pfed.net.libp2p_guards import ConnectionEvents, guarded, no_auto_connect, quietly
@@ -57,7 +58,7 @@ class Libp2pConfig:
     announce_addrs: tuple[str, ...] = ()
     enable_mdns: bool = False
     max_frame_bytes: int = 64 * 1024 * 1024  # above any adapter of a supported model
-    max_neighbours: int = 16  # membership's target degree
+    max_neighbours: int = MAX_NEIGHBOURS  # membership's target degree
     incoming_capacity: int = 256  # deliveries buffered for the Peer; beyond: dropped and counted
     dial_timeout_s: float = 5.0  # py-libp2p would wait ~120 s on a silent port (defect 7)
     stall_timeout_s: float = 5.0  # no progress on a stream for this long: give up (defect 4)
@@ -66,7 +67,7 @@ class Libp2pConfig:
     send_attempts: int = 4  # a stalled send drops the connection and retries on a fresh one
     retry_backoff_s: float = 0.25  # before the 2nd attempt; doubles for each further one
     parallel_sends_per_peer: int = 2  # more frames in flight to one peer would starve each other
-    announce_interval_s: float = 10.0
+    announce_interval_s: float = ANNOUNCE_INTERVAL_S
     close_timeout_s: float = 5.0
     membership: MembershipRules = MembershipRules()  # eclipse resistance, eviction budget, cooldown
 
@@ -82,7 +83,7 @@ class Libp2pTransport:
         self.identity = identity
         self.config = config
         self.counters: Counter[str] = Counter()
-        self.topic = f"/p2pfed/run/{config.run_digest.hex()}"
+        self.topic = run_topic(config.run_digest)
         self._listen = [multiaddr.Multiaddr(a) for a in config.listen_addrs]
         self._host = new_host(
             key_pair=create_new_key_pair(seed=identity.private_seed()),
