@@ -7,7 +7,7 @@ its neighbours' degrees alone — no central authority needed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, ItemsView, Iterator, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -116,3 +116,27 @@ def _watts_strogatz(n: int, degree: int, rewire: float, rng: np.random.Generator
                 edges.discard((i, j))
                 edges.add(_edge(i, int(rng.choice(candidates))))
     return edges
+
+
+class LiveNeighbours(Mapping[str, int]):
+    """A neighbour set that changes: every read asks `source` (e.g. a transport's current neighbours and
+    their degrees). A Peer takes a snapshot of it at every gossip step."""
+
+    def __init__(self, source: Callable[[], Mapping[str, int]]) -> None:
+        self._source = source
+
+    def __getitem__(self, peer: str) -> int:
+        return self._source()[peer]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self._source()))
+
+    def __len__(self) -> int:
+        return len(self._source())
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._source()
+
+    def items(self) -> ItemsView[str, int]:
+        """One consistent read (a neighbour may leave between reading the keys and their degrees)."""
+        return ItemsView(dict(self._source()))
