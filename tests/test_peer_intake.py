@@ -59,8 +59,10 @@ def test_the_networks_round_is_the_median_of_signed_rounds_so_one_liar_cannot_mo
     it = intake()
     receive(it, "a", update("a", 9))
     assert it.network_round(NEIGHBOURS) == 9  # one neighbour heard from
+    assert not it.most_are_past(0, NEIGHBOURS)  # but one of three is not most of them
     receive(it, "b", update("b", 1))
     assert it.network_round(NEIGHBOURS) == 1  # of 1 and 9, the lower: a liar cannot pull us ahead
+    assert it.most_are_past(0, NEIGHBOURS) and not it.most_are_past(1, NEIGHBOURS)
     receive(it, "c", update("c", 1))
     assert it.network_round(NEIGHBOURS) == 1  # 1, 1, 9: the liar is outvoted
     assert it.network_round(["b"]) == 1

@@ -78,3 +78,22 @@ def test_reading_a_step_does_not_create_it() -> None:
     ledger.answered(5, 1, ["a"])
     ledger.settled(6, 0, "a")
     assert ledger.rounds() == set()
+
+
+def test_every_neighbour_gets_a_verdict_and_one_that_sent_nothing_is_missing() -> None:
+    from p2pfed.types import Outcome, Verdict
+
+    ledger = StepLedger(Q)
+    ledger.update(0, 0, "kept", V)
+    ledger.equivocation(0, 0, "two-faced")
+    ledger.invalid(0, 0, "junk")
+    ledger.answer("junk", 0, 0)
+    verdicts = ledger.verdicts(
+        0, 0, defended=[Verdict("kept", Outcome.KEPT)], quarantined=["shunned"],
+        neighbours=["kept", "two-faced", "junk", "shunned", "silent"],
+    )
+    assert {v.sender: v.outcome for v in verdicts} == {
+        "kept": Outcome.KEPT, "shunned": Outcome.QUARANTINED, "two-faced": Outcome.EQUIVOCATED,
+        "junk": Outcome.INVALID, "silent": Outcome.MISSING,
+    }
+    assert len(verdicts) == 5

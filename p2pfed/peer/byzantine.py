@@ -3,7 +3,7 @@
 The attacker owns everything an attack needs and an honest peer does not keep: the behaviour (see
 `p2pfed.attacks.base`), its colluders and their shared board, and the histories of what it sent and
 received (replay and free-rider attacks draw on them). The Peer calls it at two points: `gossip_step`
-(instead of its own) and `remember` (for every update it accepted).
+(instead of its own) and `remember` (its intake's hook, for every update filed).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Attacker:
         return self.behaviour.name
 
     def remember(self, rnd: int, step: int, sender: str, vector: FloatVector) -> None:
-        """Called by the Peer for every update it accepted."""
+        """Called for every update the Peer filed: the received history."""
         self.received.append((rnd, step, sender, vector))
 
     async def gossip_step(self, peer: Peer, rnd: int, step: int, everyone: list[str], trusted: list[str]) -> list[Verdict]:

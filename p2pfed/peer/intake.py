@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Collection, Container, Iterable
 
 from p2pfed.config import GossipConfig
 from p2pfed.peer.ledger import StepLedger
@@ -101,6 +101,12 @@ class Intake:
         minority claiming rounds far ahead cannot move it; of two, the lower one counts."""
         rounds = sorted(self.latest_round[n] for n in neighbours if n in self.latest_round)
         return rounds[(len(rounds) - 1) // 2] if rounds else None
+
+    def most_are_past(self, rnd: int, neighbours: Collection[str]) -> bool:
+        """Whether most `neighbours` have sent a signed update, and their `network_round` is past `rnd`."""
+        heard = sum(n in self.latest_round for n in neighbours)
+        ahead = self.network_round(neighbours)
+        return ahead is not None and ahead > rnd and 2 * heard > len(neighbours)
 
     def catch_up(self, target: int) -> None:
         """We skip to round `target`: file the held updates that showed us it, if still within the window."""

@@ -14,9 +14,11 @@ early once every expected sender has settled it (`answered`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from p2pfed.types import FloatVector
+from p2pfed.robust.reasons import Reason
+from p2pfed.types import FloatVector, Outcome, Verdict
 
 
 @dataclass
@@ -101,6 +103,19 @@ class StepLedger:
         """Whether every expected sender has settled (rnd, step): the step need not wait any longer."""
         entry = self._get(rnd, step)
         return all(entry.settled(sender) for sender in expected)
+
+    def verdicts(
+        self, rnd: int, step: int, *, defended: Iterable[Verdict], quarantined: Iterable[str], neighbours: Iterable[str]
+    ) -> list[Verdict]:
+        """Every neighbour's verdict for (rnd, step): the defence's on the updates it saw, then the
+        quarantined ones, the equivocators, those that sent something invalid, and the missing rest."""
+        verdicts = list(defended)
+        verdicts += [Verdict(s, Outcome.QUARANTINED, reason=Reason.REPUTATION) for s in quarantined]
+        entry = self._get(rnd, step)
+        verdicts += [Verdict(s, Outcome.EQUIVOCATED, reason=Reason.TWO_UPDATES) for s in sorted(entry.equivocated)]
+        verdicts += [Verdict(s, Outcome.INVALID, reason=Reason.FAILED_VERIFICATION) for s in sorted(entry.invalid)]
+        seen = {v.sender for v in verdicts}
+        return verdicts + [Verdict(s, Outcome.MISSING, reason=Reason.NOT_IN_TIME) for s in neighbours if s not in seen]
 
     def rounds(self) -> set[int]:
         """The rounds the ledger still holds something for."""

@@ -34,10 +34,9 @@ from p2pfed.peer.local import LocalModel
 from p2pfed.peer.report import RoundReport
 from p2pfed.peer.topology import metropolis_row, renormalize
 from p2pfed.robust.base import Defence, DefenceInput
-from p2pfed.robust.reasons import Reason
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.seeds import Seed
-from p2pfed.types import FloatVector, Outcome, Verdict
+from p2pfed.types import FloatVector, Verdict
 from p2pfed.wire import Identity, Limits, Schema, open_envelope, seal
 
 if TYPE_CHECKING:
@@ -183,9 +182,7 @@ class Peer:
         while True:
             arrival = self._arrival
             self._refresh_neighbours()
-            heard = sum(n in self.intake.latest_round for n in self.neighbour_degrees)
-            ahead = self.network_round()
-            if ahead is not None and ahead > self.round and 2 * heard > len(self.neighbour_degrees):
+            if self.intake.most_are_past(self.round, self.neighbour_degrees):
                 return
             await arrival.wait()
 
@@ -354,15 +351,9 @@ class Peer:
         )
         result = await self.blocking(self.defence, inp)
         self.vector = result.mixed.astype(np.float32, copy=False)
-        verdicts = list(result.verdicts)
-        verdicts += [Verdict(s, Outcome.QUARANTINED, reason=Reason.REPUTATION) for s in quarantined]
-        equivocated, invalid = self.ledger.equivocated(rnd, step), self.ledger.invalid_senders(rnd, step)
-        verdicts += [Verdict(s, Outcome.EQUIVOCATED, reason=Reason.TWO_UPDATES) for s in sorted(equivocated)]
-        verdicts += [Verdict(s, Outcome.INVALID, reason=Reason.FAILED_VERIFICATION) for s in sorted(invalid)]
-        seen = {v.sender for v in verdicts}
-        verdicts += [
-            Verdict(s, Outcome.MISSING, reason=Reason.NOT_IN_TIME) for s in self.neighbour_degrees if s not in seen
-        ]
+        verdicts = self.ledger.verdicts(
+            rnd, step, defended=result.verdicts, quarantined=quarantined, neighbours=self.neighbour_degrees
+        )
         self.reputation.update(verdicts, rnd)
         return verdicts
 
