@@ -33,6 +33,7 @@ from p2pfed.net.libp2p_transport import Libp2pConfig
 from p2pfed.net.loopback import loopback_transports
 from p2pfed.net.memory import MemoryNetwork
 from p2pfed.net.transport import Transport
+from p2pfed.peer.byzantine import Attacker
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.peer.topology import DEFAULT_DEGREE, build_topology
@@ -212,9 +213,9 @@ async def _simulate(
                     initial=initial,
                     seed=cfg.seed,
                     compute=compute,
-                    behaviour=behaviour,
-                    collusion=collusion if behaviour is not None else None,
-                    colluders=colluders if behaviour is not None else frozenset(),
+                    behaviour=None if behaviour is None else Attacker(
+                        behaviour, gossip_steps=cfg.gossip.gossip_steps, colluders=colluders, collusion=collusion
+                    ),
                     reputation=ReputationTable(),
                     on_round=recorder.record,
                     evaluate_every=cfg.evaluate_every,

@@ -115,3 +115,13 @@ def test_renormalize_over_arrivals() -> None:
     w = renormalize(0.4, {"a": 0.2, "b": 0.2, "c": 0.2}, ["a", "c"])
     assert np.allclose(w, [0.5, 0.25, 0.25])
     assert np.allclose(renormalize(0.4, {"a": 0.6}, []), [1.0])
+
+
+def test_a_live_neighbour_view_follows_its_source() -> None:
+    from p2pfed.peer.topology import LiveNeighbours
+
+    current = {"a": 2}
+    view = LiveNeighbours(lambda: current)
+    assert dict(view.items()) == {"a": 2} and "a" in view and len(view) == 1
+    current = {"b": 3, "c": 1}
+    assert dict(view.items()) == {"b": 3, "c": 1} and "a" not in view and view["b"] == 3

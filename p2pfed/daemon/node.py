@@ -34,9 +34,10 @@ from p2pfed.errors import CheckpointError, ConfigError, NetworkError
 from p2pfed.learn import LearnConfig, TaskModel, split_validation
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
 from p2pfed.net.membership import Evidence, EvidenceKind
-from p2pfed.peer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from p2pfed.peer.checkpoint import Checkpoint, load_checkpoint
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
+from p2pfed.peer.topology import LiveNeighbours
 from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.seeds import validation_rng
@@ -138,10 +139,29 @@ class Node:
         )
         self._index = peer_index(identity.peer_id) if cfg.index is None else cfg.index
         self._resumed = resume is not None
-        self.peer = self._build_peer(
-            start_round=0 if resume is None else resume.round,
+        seed = self.manifest.seed
+        train_idx, val_idx = split_validation(
+            np.arange(model.pool_size), cfg.val_fraction, validation_rng(seed, self._index)
+        )
+        self.peer = Peer(
+            index=self._index,
+            identity=identity,
+            transport=self.transport,
+            local=LocalModel(model, train_idx, val_idx, self.gossip),
+            run_digest=self.run_digest,
+            schema=Schema.from_tensors({TENSOR: np.zeros(model.dim, dtype=np.float32)}),
+            neighbour_degrees=LiveNeighbours(self.transport.neighbour_degrees),
+            gossip=self.gossip,
+            defence=load_defence(cfg.defence, **cfg.defence_params),
             initial=model.initial_vector() if resume is None else resume.vector,
+            seed=seed,
+            compute=trio.CapacityLimiter(1),
             reputation=ReputationTable.from_dict(resume.reputation) if resume else ReputationTable(),
+            on_round=self._on_round,
+            on_catch_up=self._on_catch_up,
+            evaluate_every=cfg.evaluate_every,
+            checkpoint_dir=self.out,  # written after every round, before `_on_round`
+            start_round=0 if resume is None else resume.round,
         )
         self.status = NodeStatus(
             path=self.out / STATUS_FILE,
@@ -155,47 +175,20 @@ class Node:
         self._adapter_vector: np.ndarray | None = None
         self.metrics = NodeMetrics()  # `p2pfed join --metrics` serves it
 
-    def _build_peer(
-        self, *, start_round: int, initial: np.ndarray, reputation: ReputationTable, adopt: bool = False
-    ) -> Peer:
-        seed = self.manifest.seed
-        train_idx, val_idx = split_validation(
-            np.arange(self.model.pool_size), self.cfg.val_fraction, validation_rng(seed, self._index)
-        )
-        return Peer(
-            index=self._index,
-            identity=self.identity,
-            transport=self.transport,
-            local=LocalModel(self.model, train_idx, val_idx, self.gossip),
-            run_digest=self.run_digest,
-            schema=Schema.from_tensors({TENSOR: np.zeros(self.model.dim, dtype=np.float32)}),
-            neighbour_degrees={},
-            gossip=self.gossip,
-            defence=load_defence(self.cfg.defence, **self.cfg.defence_params),
-            initial=initial,
-            seed=seed,
-            compute=trio.CapacityLimiter(1),
-            reputation=reputation,
-            on_round=self._on_round,
-            evaluate_every=self.cfg.evaluate_every,
-            start_round=start_round,
-            neighbourhood=self.transport.neighbour_degrees,
-            adopt_neighbours=adopt,
-        )
-
-    def _join_late(self) -> None:
-        """A fresh node whose neighbours are already past round 0 starts at their (median) round and takes
-        their adapters at its first mix instead of training from scratch. The rounds are unsigned hints;
-        the median keeps one liar from moving us, and the Peer re-checks against signed updates."""
+    def _network_is_ahead(self) -> bool:
+        """A fresh node whose neighbours say (unsigned presence hints) they are past round 0 waits for
+        their signed updates before its first round: then the Peer starts at the network's round and
+        takes their adapters at its first mix instead of training from scratch (`Peer.catch_up`)."""
         rounds = list(self.transport.neighbour_rounds().values())
-        target = int(np.median(rounds)) if rounds else 0
-        if self._resumed or target <= 0:
-            return
-        self.progress(f"the network is at round {target + 1}: starting there from the neighbours' adapters")
-        self.peer = self._build_peer(
-            start_round=target, initial=self.peer.vector, reputation=self.peer.reputation, adopt=True
-        )
-        self.status.round = target
+        return not self._resumed and bool(rounds) and int(np.median(rounds)) > 0
+
+    def _on_catch_up(self, ours: int, network: int) -> None:
+        if ours == 0 and not self._resumed:
+            self.progress(f"the network is at round {network + 1}: starting there from the neighbours' adapters")
+        else:
+            self.progress(f"the network is at round {network + 1}: catching up from round {ours + 1}")
+        self.transport.local_round = network
+        self.status.round = network
 
     # ------------------------------------------------------------------ loading (blocking)
     @classmethod
@@ -250,10 +243,9 @@ class Node:
                 nursery.start_soon(self._adapter_writer)
                 task_status.started()
                 await self._wait_for_neighbours()
-                self._join_late()
                 self.transport.local_round = self.peer.round
                 self.status.state, self.status.message = "running", ""
-                await self.peer.run(rounds=self.gossip.rounds)
+                await self.peer.run(rounds=self.gossip.rounds, join_late=self._network_is_ahead())
                 await self._save_adapter(self.peer.vector)
                 finished = True
                 nursery.cancel_scope.cancel()
@@ -290,13 +282,6 @@ class Node:
                     return
 
     def _on_round(self, report: RoundReport) -> None:
-        state = Checkpoint(
-            round=report.round + 1,
-            vector=report.vector,
-            reputation=self.peer.reputation.to_dict(),
-            run_digest=self.run_digest.hex(),
-        )
-        save_checkpoint(self.out, state)
         self.transport.local_round = report.round + 1
         for pid, until in self.peer.reputation.quarantined().items():  # evidence for membership
             self.transport.report(pid, Evidence(EvidenceKind.QUARANTINED, f"until round {until}"))

@@ -8,7 +8,7 @@ its neighbours' degrees alone — no central authority needed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, ItemsView, Iterator, Mapping
 
 import networkx as nx
 import numpy as np
@@ -160,3 +160,27 @@ def _small_world(n: int, degree: int, rewire: float, rng: np.random.Generator) -
     if graph is None:
         raise ConfigError(f"could not draw a connected small-world graph on {n} peers; raise --degree")
     return graph
+
+
+class LiveNeighbours(Mapping[str, int]):
+    """A neighbour set that changes: every read asks `source` (e.g. a transport's current neighbours and
+    their degrees). A Peer takes a snapshot of it at every gossip step."""
+
+    def __init__(self, source: Callable[[], Mapping[str, int]]) -> None:
+        self._source = source
+
+    def __getitem__(self, peer: str) -> int:
+        return self._source()[peer]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self._source()))
+
+    def __len__(self) -> int:
+        return len(self._source())
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._source()
+
+    def items(self) -> ItemsView[str, int]:
+        """One consistent read (a neighbour may leave between reading the keys and their degrees)."""
+        return ItemsView(dict(self._source()))

@@ -1,0 +1,122 @@
+"""Filing what arrives: the receive rules of a peer, as a pure state machine (no trio, no I/O).
+
+The Peer verifies each delivery (`p2pfed.wire.open_envelope`) and feeds the verdict to `Intake.receive`
+with the (round, step) it is in. The intake counts and logs every rejection, admits updates through the
+replay/equivocation `Inbox`, files them in the `StepLedger`, and keeps the evidence of where the network
+is: the newest round each neighbour signed an update for (`network_round`), and each neighbour's newest
+update beyond our round window, filed once we catch up to it (`catch_up`).
+
+An honest neighbour sends one valid update per step: whatever it sent instead (junk, a replay, a late
+update) answers one of its steps, so that we do not wait out the deadline for it; only junk that is not
+merely late costs it reputation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Collection, Container, Iterable
+
+from p2pfed.config import GossipConfig
+from p2pfed.peer.ledger import StepLedger
+from p2pfed.types import FloatVector
+from p2pfed.wire import Accepted, Admission, Inbox, Rejected, RejectReason
+
+log = logging.getLogger(__name__)
+
+TENSOR = "adapter"  # the single tensor name of the flat vector in an envelope's payload
+LATE = (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND)  # rejected, but no sign of malice
+UpdateHook = Callable[[int, int, str, FloatVector], None]  # (round, step, sender, vector)
+
+
+class Intake:
+    """The receive side of one peer. `on_update` sees every update filed (a Byzantine peer's history)."""
+
+    def __init__(self, gossip: GossipConfig, *, index: int = 0, on_update: UpdateHook | None = None) -> None:
+        self.window = gossip.round_window
+        self.index = index  # for log lines
+        self.on_update = on_update
+        self.inbox = Inbox(window=gossip.round_window)
+        self.ledger = StepLedger(gossip.gossip_steps)
+        self.rejections: Counter[str] = Counter()
+        self.latest_round: dict[str, int] = {}  # newest round each neighbour signed an update for
+        self._ahead: dict[str, Accepted] = {}  # each neighbour's newest update beyond our round window
+
+    def receive(
+        self,
+        remote: str,
+        verdict: Accepted | Rejected,
+        *,
+        at: tuple[int, int],
+        neighbours: Container[str],
+        is_neighbour: Callable[[str], bool],
+    ) -> bool:
+        """File one verified delivery from `remote` while we are at `at` = (round, step). `neighbours`
+        are this step's; `is_neighbour` also knows those that connected since. True when a waiting
+        step should look again (something from a neighbour arrived)."""
+        if not isinstance(verdict, Accepted):
+            self._reject(remote, verdict.reason.value, verdict.detail)
+            if remote not in neighbours:
+                return False
+            self.ledger.answer(remote, *at)
+            if verdict.reason not in LATE:
+                self.ledger.invalid(*at, remote)
+            return True
+        sender, rnd = verdict.sender, verdict.round
+        if not is_neighbour(sender):
+            self._reject(remote, "not_a_neighbour", "")
+            return False
+        self.latest_round[sender] = max(rnd, self.latest_round.get(sender, -1))
+        if rnd > at[0] + self.window:  # evidence that the network is ahead: a waiting step gives up
+            held = self._ahead.get(sender)
+            if held is None or (held.round, held.step) < (rnd, verdict.step):
+                self._ahead[sender] = verdict
+            return True
+        self._file(verdict, at)
+        return True
+
+    def _file(self, verdict: Accepted, at: tuple[int, int]) -> None:
+        sender, rnd, step = verdict.sender, verdict.round, verdict.step
+        admission = self.inbox.admit(sender, rnd, step, verdict.payload_digest)
+        if admission is not Admission.NEW and admission is not Admission.EQUIVOCATION:
+            self._reject(sender, admission.value, f"round {rnd} step {step}")
+            self.ledger.answer(sender, *at)  # a replay answers a step too
+            return
+        if rnd < at[0]:  # from a past round: late, or replayed; either way it answers now
+            self.ledger.answer(sender, *at)
+        if admission is Admission.EQUIVOCATION:
+            self._reject(sender, "equivocation", f"round {rnd} step {step}")
+            self.ledger.equivocation(rnd, step, sender)
+            return
+        vector = verdict.tensors[TENSOR]
+        if self.ledger.update(rnd, step, sender, vector) and self.on_update is not None:
+            self.on_update(rnd, step, sender, vector)
+
+    def _reject(self, remote: str, reason: str, detail: str) -> None:
+        self.rejections[reason] += 1
+        log.info("peer %d rejected a message from %s: %s %s", self.index, remote[:16], reason, detail)
+
+    def network_round(self, neighbours: Iterable[str]) -> int | None:
+        """The (lower) median of these neighbours' newest signed rounds, or None before any arrived. A
+        minority claiming rounds far ahead cannot move it; of two, the lower one counts."""
+        rounds = sorted(self.latest_round[n] for n in neighbours if n in self.latest_round)
+        return rounds[(len(rounds) - 1) // 2] if rounds else None
+
+    def most_are_past(self, rnd: int, neighbours: Collection[str]) -> bool:
+        """Whether most `neighbours` have sent a signed update, and their `network_round` is past `rnd`."""
+        heard = sum(n in self.latest_round for n in neighbours)
+        ahead = self.network_round(neighbours)
+        return ahead is not None and ahead > rnd and 2 * heard > len(neighbours)
+
+    def catch_up(self, target: int) -> None:
+        """We skip to round `target`: file the held updates that showed us it, if still within the window."""
+        self.inbox.advance(target)
+        held, self._ahead = self._ahead, {}
+        for sender in sorted(held):
+            if held[sender].round <= target + self.window:
+                self._file(held[sender], (target, 0))
+
+    def end_round(self, rnd: int) -> None:
+        """Round `rnd` is over: forget the steps no late update can still answer."""
+        self.ledger.forget_before(rnd + 1 - self.window)
+        self.inbox.advance(rnd + 1)

@@ -1,0 +1,103 @@
+"""Catching up with the network's round: from neighbours' signed updates only, the same way for a fresh
+late joiner (the daemon's `join_late`) and for a peer that fell behind. Virtual time, a tiny fake model."""
+
+from __future__ import annotations
+
+import numpy as np
+import trio
+import trio.testing
+from fakes import FakeLocal
+
+from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
+from p2pfed.config import GossipConfig
+from p2pfed.net.memory import MemoryNetwork
+from p2pfed.peer.peer import TENSOR, Peer, RoundReport
+from p2pfed.robust.mean import Mean
+from p2pfed.wire import Identity, Schema
+
+DIM = 3
+N = 4  # a complete graph: every peer has three neighbours
+NETWORK_ROUND = 5
+ROUNDS = 8
+
+
+async def inline(fn, *args):  # type: ignore[no-untyped-def]
+    return fn(*args)
+
+
+class FarFuture(Behaviour):
+    """Signs its updates for a round far ahead of the network's: a lie about where the network is."""
+
+    name = "far_future"
+
+    def outgoing(self, ctx: AttackContext) -> Outgoing:
+        return Outgoing(vector=ctx.own, round=ctx.round + 40)
+
+
+class Recording(Mean):
+    """Mean, remembering the round and the weight of our own vector of every mix."""
+
+    def __init__(self) -> None:
+        self.mixes: list[tuple[int, float]] = []
+
+    def __call__(self, inp):  # type: ignore[no-untyped-def]
+        self.mixes.append((inp.round, float(inp.mixing_weights[0])))
+        return super().__call__(inp)
+
+
+def network(liar: bool, defence: Mean | None = None) -> tuple[list[Peer], list[RoundReport]]:
+    identities = [Identity.for_peer(3, i) for i in range(N)]
+    ids = [identity.peer_id for identity in identities]
+    memory = MemoryNetwork(seed=3)
+    gossip = GossipConfig(rounds=ROUNDS, gossip_steps=2, step_timeout=30.0)
+    targets = np.random.default_rng(1).normal(size=(N, DIM)).astype(np.float32)
+    reports: list[RoundReport] = []
+    peers = [
+        Peer(
+            index=i,
+            identity=identities[i],
+            transport=memory.add(ids[i], [ids[j] for j in range(N) if j != i]),
+            local=FakeLocal(targets[i]),  # type: ignore[arg-type]
+            run_digest=b"c" * 32,
+            schema=Schema.from_tensors({TENSOR: np.zeros(DIM, np.float32)}),
+            neighbour_degrees={ids[j]: N - 1 for j in range(N) if j != i},
+            gossip=gossip,
+            defence=defence if defence is not None and i == 0 else Mean(),
+            initial=np.ones(DIM, np.float32),
+            seed=3,
+            compute=trio.CapacityLimiter(1),
+            behaviour=FarFuture() if liar and i == 3 else None,
+            on_round=reports.append,
+            start_round=0 if i == 0 else NETWORK_ROUND,
+            run_blocking=inline,
+        )
+        for i in range(N)
+    ]
+    for peer in peers[1:]:
+        peer.vector = np.zeros(DIM, np.float32)  # the network's model, five rounds in
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for peer in peers[1:]:
+                nursery.start_soon(lambda p=peer: p.run(rounds=ROUNDS))
+            nursery.start_soon(lambda: peers[0].run(rounds=ROUNDS, join_late=True))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return peers, reports
+
+
+def test_a_fresh_late_joiner_starts_at_the_signed_round_and_adopts_its_neighbours_model() -> None:
+    defence = Recording()
+    peers, reports = network(liar=False, defence=defence)
+    late = sorted(r.round for r in reports if r.index == 0)
+    assert late == list(range(NETWORK_ROUND, ROUNDS))  # it never ran rounds 0-4 on its own
+    assert peers[0].round == ROUNDS
+    (first_round, own_weight), *rest = defence.mixes
+    assert (first_round, own_weight) == (NETWORK_ROUND, 0.0)  # its first mix took the neighbours' model
+    assert len(rest) == 2 * (ROUNDS - NETWORK_ROUND) - 1 and all(w > 0 for _, w in rest)  # then it mixed as usual
+
+
+def test_one_neighbour_signing_a_far_future_round_does_not_move_the_late_joiner() -> None:
+    _, reports = network(liar=True)
+    late = sorted(r.round for r in reports if r.index == 0)
+    assert late == list(range(NETWORK_ROUND, ROUNDS))  # the median of 5, 5 and 45 is 5
