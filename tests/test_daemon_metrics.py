@@ -58,6 +58,7 @@ def test_a_scrape_shows_the_rounds_figures_and_each_node_serves_its_own() -> Non
             rejections={"bad_signature": 3, "wrong_run": 1},
         ),
         ["12D3KooWA"],
+        evicted=2,
     )
     second.observe(_report(0, reputation={"12D3KooWC": 0.5}), ["12D3KooWC"])
     with serving(first, "127.0.0.1:0") as (_, port), serving(second, "127.0.0.1:0") as (_, other):
@@ -72,7 +73,8 @@ def test_a_scrape_shows_the_rounds_figures_and_each_node_serves_its_own() -> Non
     assert seen[("p2pfed_rejections_total", (("reason", "wrong_run"),))] == 1
     assert seen[("p2pfed_neighbours", ())] == 1
     assert seen[("p2pfed_reputation", (("peer", "12D3KooWA"),))] == 0.8
-    assert seen[("p2pfed_rewires_total", ())] == 0
+    assert seen[("p2pfed_rewires_total", ())] == 2
+    assert theirs[("p2pfed_rewires_total", ())] == 0
     assert theirs[("p2pfed_round", ())] == 1
     assert [k for k in theirs if k[0] == "p2pfed_reputation"] == [
         ("p2pfed_reputation", (("peer", "12D3KooWC"),))

@@ -45,12 +45,17 @@ class NodeMetrics:
             ["peer"],
             registry=r,
         )
-        # membership does not report rewiring yet: exported so dashboards can rely on the name
-        self.rewires = Counter("p2pfed_rewires", "Neighbours replaced by membership", registry=r)
+        self.rewires = Counter(
+            "p2pfed_rewires", "Neighbours membership evicted for evidence (and replaced)", registry=r
+        )
         self._rejected: dict[str, int] = {}  # the cumulative counts of the last report
+        self._evicted = 0  # the cumulative eviction count at the last report
 
-    def observe(self, report: RoundReport, neighbours: Sequence[str]) -> None:
-        """Take in one round's report and the neighbours at its end."""
+    def observe(self, report: RoundReport, neighbours: Sequence[str], evicted: int = 0) -> None:
+        """Take in one round's report, the neighbours at its end and the transport's cumulative count
+        of evictions (membership's rewires)."""
+        self.rewires.inc(max(0, evicted - self._evicted))
+        self._evicted = max(self._evicted, evicted)
         self.round.set(report.round + 1)
         self.train_loss.set(report.train_loss)
         if report.accuracy is not None:
