@@ -23,6 +23,8 @@ handler error or hang on the host, a host that no longer accepts an honest envel
 mutations (mutated bytes of a sealed envelope that `open_envelope` accepts; goal 0), valid envelopes
 accepted, and the slowest case by CPU time and by wall time (on a busy machine the wall-time one mostly
 measures waiting for a core). The exit status is 1 when either goal is missed.
+
+One script of ~470 lines, so that the command a reader runs is the whole of what was measured.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 Pure functions of the rows that `p2pfed.sims.grid_runner` appends to results.jsonl (one per cell:
 attack, defence, byzantine, seed, status, final, curve, wall_seconds, error), so tests can feed
 synthetic rows. Every accuracy here is the honest peers' (Byzantine peers are excluded by the simulation).
+
+Why one module of ~450 lines: the three outputs read the same grouped rows (by attack × defence ×
+Byzantine count, worst honest peer and majority-baseline marks beside each mean), and more than half
+of the lines are the markdown and plot layout; split, each part would re-derive that grouping.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ loads it into the shared adapter under a lock, and computes (`score` of an encod
 layer only reads every candidate straight from its vector instead, see batched_score.py). Row indices
 given to `train`, `evaluate` and `score` refer to the training pool (`train_labels`); the global test
 set is internal.
+
+Why one class of ~500 lines: every method shares one lock, the adapter loaded into the shared peft
+model and the feature cache, so training, batched training, evaluation, scoring and export must not
+interleave. The layer code lives in backbone.py, batched_score.py and batched_train.py. What should move
+out: the branches on the task kind (classification or instruction data) in the loss, the forward pass and
+the metrics. They belong to a per-kind objective, and the LLM path's chat format will rework them.
 """
 
 from __future__ import annotations
