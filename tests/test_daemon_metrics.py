@@ -127,6 +127,8 @@ def test_join_refuses_a_bad_metrics_address_before_loading_anything(tmp_path: Pa
 @pytest.mark.slow
 @pytest.mark.network
 def test_a_scrape_after_a_round_of_a_real_join_shows_it(tmp_path: Path) -> None:
+    import dataclasses
+
     import trio
 
     from p2pfed.config import GossipConfig, RunManifest
@@ -135,17 +137,10 @@ def test_a_scrape_after_a_round_of_a_real_join_shows_it(tmp_path: Path) -> None:
     from p2pfed.learn import LearnConfig, TaskModel
     from p2pfed.wire import Identity
 
-    learn = LearnConfig(task="sms-spam")
-    model = TaskModel.load(learn)
-    manifest = RunManifest(
-        model="minilm",
-        base_hash=model.base_hash,
-        task="sms-spam",
-        labels=("ham", "spam"),
-        adapt_layers=learn.adapt_layers,
-        seed=learn.seed,
-    )
-    run = RunFile(manifest, GossipConfig(rounds=1, local_steps=1, gossip_steps=1, step_timeout=15))
+    contract = RunManifest(task="sms-spam", gossip_steps=1)
+    model = TaskModel.load(LearnConfig(run=contract))
+    manifest = dataclasses.replace(contract, base_hash=model.base_hash, labels=("ham", "spam"))
+    run = RunFile(manifest, GossipConfig(rounds=1, local_steps=1, step_timeout=15))
 
     def node(i: int, bootstrap: tuple[str, ...] = ()) -> Node:
         cfg = NodeConfig(
