@@ -16,6 +16,7 @@ them off the event loop (`bytes.join` of large bytes releases the GIL; a copy on
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Protocol
 
@@ -36,6 +37,9 @@ class Stream(Protocol):
 
 class FrameError(StrEnum):
     OVERSIZED = "oversized"  # announced length above the cap
+    OVER_BUDGET = (
+        "over_budget"  # announced length refused by the receiver's budget (bytes in flight)
+    )
     TRUNCATED = "truncated"  # stream ended before the announced length
     STALLED = "stalled"  # no progress within the stall deadline
     TIMEOUT = "timeout"  # the whole frame took longer than the total deadline
@@ -89,19 +93,28 @@ async def read_frame(
 
 
 async def read_frame_chunks(
-    stream: Stream, *, max_bytes: int, stall_s: float, total_s: float
+    stream: Stream,
+    *,
+    max_bytes: int,
+    stall_s: float,
+    total_s: float,
+    admit_length: Callable[[int], bool] | None = None,
 ) -> tuple[bytes, ...] | FrameError:
-    """`read_frame`, with the body left in the chunks it arrived in (no copy)."""
+    """`read_frame`, with the body left in the chunks it arrived in (no copy). `admit_length`, if
+    given, sees the announced length before any of the body is read and may refuse it."""
     with trio.move_on_after(total_s):
         progress = _Progress(stall_s)
         with progress.scope:
-            return await _read_and_ack(stream, max_bytes, progress)
+            return await _read_and_ack(stream, max_bytes, progress, admit_length)
         return FrameError.STALLED
     return FrameError.TIMEOUT
 
 
 async def _read_and_ack(
-    stream: Stream, max_bytes: int, progress: _Progress
+    stream: Stream,
+    max_bytes: int,
+    progress: _Progress,
+    admit_length: Callable[[int], bool] | None = None,
 ) -> tuple[bytes, ...] | FrameError:
     prefix = await _read_exactly(stream, _LENGTH.size, progress)
     if isinstance(prefix, FrameError):
@@ -109,6 +122,8 @@ async def _read_and_ack(
     (length,) = _LENGTH.unpack(b"".join(prefix))
     if length > max_bytes:
         return FrameError.OVERSIZED
+    if admit_length is not None and not admit_length(length):
+        return FrameError.OVER_BUDGET
     body = await _read_exactly(stream, length, progress)
     if isinstance(body, FrameError):
         return body

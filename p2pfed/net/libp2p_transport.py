@@ -4,7 +4,8 @@ Updates travel on direct streams, one length-prefixed, acknowledged frame per st
 (`/p2pfed/update/1.0.0`); gossipsub carries only small presence announcements (peer exchange). This
 module runs the host and sends and receives updates; `libp2p_discovery` greets and announces,
 `libp2p_membership` carries out the neighbour choices of `membership`. The defects of py-libp2p 0.8.1
-worked around here (see the project's notes) are marked `defect N`.
+worked around here (see the project's notes) are marked `defect N`. The caps on connections, streams
+and bytes in flight are `libp2p_limits`'; this module only wires them in.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from p2pfed.config import ANNOUNCE_INTERVAL_S, MAX_NEIGHBOURS, run_topic
 from p2pfed.net.framing import FrameError, read_frame_chunks
 from p2pfed.net.libp2p_discovery import Discovery
 from p2pfed.net.libp2p_guards import ConnectionEvents, guarded, no_auto_connect, quietly
+from p2pfed.net.libp2p_limits import BytesInFlight, OpenStreams, capped, resource_manager
 from p2pfed.net.libp2p_membership import MembershipAdapter
 from p2pfed.net.libp2p_send import UPDATE_PROTOCOL, UpdateSender
 from p2pfed.net.membership import BOOTSTRAP, Evidence, Membership, MembershipRules
@@ -70,6 +72,18 @@ class Libp2pConfig:
     announce_interval_s: float = ANNOUNCE_INTERVAL_S
     close_timeout_s: float = 5.0
     membership: MembershipRules = MembershipRules()  # eclipse resistance, eviction budget, cooldown
+    # Resource caps (see libp2p_limits). An honest neighbour holds one or two connections, a few
+    # streams (identify, ping, gossip, hello) and at most parallel_sends_per_peer update streams.
+    max_connections_per_peer: int = 8  # established, enforced by libp2p's resource manager
+    max_connections_total: int = 1024
+    max_pending_connections: int = 64  # inbound handshakes in progress
+    max_streams_per_peer: int = 64  # inbound streams of any protocol open at once; beyond: reset
+    max_streams_total: int = 1024
+    max_update_streams_per_peer: int = 4  # twice parallel_sends_per_peer
+    max_update_streams_total: int = 4 * MAX_NEIGHBOURS
+    max_update_bytes_per_peer: int = (
+        2 * 64 * 1024 * 1024
+    )  # announced frame bytes being read at once
 
 
 class Libp2pTransport:
@@ -90,13 +104,29 @@ class Libp2pTransport:
             listen_addrs=self._listen,
             enable_mDNS=config.enable_mdns,
             connection_config=ConnectionConfig(dial_timeout=config.dial_timeout_s),
+            resource_manager=resource_manager(
+                per_peer=config.max_connections_per_peer,
+                total=config.max_connections_total,
+                pending_inbound=config.max_pending_connections,
+            ),
         )
         mdns = getattr(self._host, "mDNS", None)
         if mdns is not None:
             # py-libp2p 0.8.1 advertises the listen addresses as bound: given 0.0.0.0 (the daemon's
             # default), a peer on another machine dials 0.0.0.0, that is, itself
             mdns.broadcaster._resolve_host_addrs = self._mdns_addrs
-        self._host.set_stream_handler(UPDATE_PROTOCOL, self._handle_update)
+        self.streams = OpenStreams(
+            "streams", per_peer=config.max_streams_per_peer, total=config.max_streams_total
+        )
+        self.update_streams = OpenStreams(
+            "update_streams",
+            per_peer=config.max_update_streams_per_peer,
+            total=config.max_update_streams_total,
+        )
+        self.update_bytes = BytesInFlight(config.max_update_bytes_per_peer)
+        self._host.set_stream_handler(
+            UPDATE_PROTOCOL, capped(self._handle_update, self.update_streams, self._count)
+        )
         self._gossipsub = GossipSub(
             protocols=GOSSIP_PROTOCOLS,
             degree=6,
@@ -135,7 +165,11 @@ class Libp2pTransport:
         network.auto_connector.maybe_connect = no_auto_connect  # type: ignore[method-assign]
         # Every inbound stream, whatever its protocol (identify, ping, meshsub, ours), goes through here.
         network.set_stream_handler(
-            guarded(cast(BasicHost, self._host)._swarm_stream_handler, self._count, "stream")
+            capped(
+                guarded(cast(BasicHost, self._host)._swarm_stream_handler, self._count, "stream"),
+                self.streams,
+                self._count,
+            )
         )
         for proto in GOSSIP_PROTOCOLS:
             self._host.set_stream_handler(proto, self._guarded_pubsub_handler)
@@ -314,12 +348,14 @@ class Libp2pTransport:
     # -------------------------------------------------------------- updates in
     async def _handle_update(self, stream: Any) -> None:
         remote = stream.muxed_conn.peer_id.to_base58()
-        body = await read_frame_chunks(
-            stream,
-            max_bytes=self.config.max_frame_bytes,
-            stall_s=self.config.stall_timeout_s,
-            total_s=self.config.frame_timeout_s,
-        )
+        with self.update_bytes.budget(remote) as reserve:
+            body = await read_frame_chunks(
+                stream,
+                max_bytes=self.config.max_frame_bytes,
+                stall_s=self.config.stall_timeout_s,
+                total_s=self.config.frame_timeout_s,
+                admit_length=reserve,
+            )
         if isinstance(body, FrameError):
             self._count(f"recv_fail.{body}")
             log.debug("frame from %s rejected: %s", remote, body)
@@ -356,8 +392,12 @@ class Libp2pTransport:
         that a remote can reach (0.0.0.0 and :: are not addresses anyone can dial)."""
         if self.config.announce_addrs:
             suffix = f"/p2p/{self.local_id}"
-            return tuple(a if a.endswith(suffix) else a + suffix for a in self.config.announce_addrs)
-        return tuple(a for a in self.listen_addrs if "/ip4/0.0.0.0/" not in a and "/ip6/::/" not in a)
+            return tuple(
+                a if a.endswith(suffix) else a + suffix for a in self.config.announce_addrs
+            )
+        return tuple(
+            a for a in self.listen_addrs if "/ip4/0.0.0.0/" not in a and "/ip6/::/" not in a
+        )
 
     def _mdns_addrs(self) -> list[str]:
         """What mDNS advertises: the --announce addresses, else the listen addresses with a wildcard
