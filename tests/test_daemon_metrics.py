@@ -59,6 +59,7 @@ def test_a_scrape_shows_the_rounds_figures_and_each_node_serves_its_own() -> Non
         ),
         ["12D3KooWA"],
         evicted=2,
+        transport={"refused.streams_per_peer": 728, "recv_fail.over_budget": 1, "dial_fail.timeout": 3},
     )
     second.observe(_report(0, reputation={"12D3KooWC": 0.5}), ["12D3KooWC"])
     with serving(first, "127.0.0.1:0") as (_, port), serving(second, "127.0.0.1:0") as (_, other):
@@ -75,6 +76,11 @@ def test_a_scrape_shows_the_rounds_figures_and_each_node_serves_its_own() -> Non
     assert seen[("p2pfed_reputation", (("peer", "12D3KooWA"),))] == 0.8
     assert seen[("p2pfed_rewires_total", ())] == 2
     assert theirs[("p2pfed_rewires_total", ())] == 0
+    refused = {k[1]: v for k, v in seen.items() if k[0] == "p2pfed_transport_refusals_total"}
+    assert refused == {
+        (("reason", "refused.streams_per_peer"),): 728,
+        (("reason", "recv_fail.over_budget"),): 1,
+    }  # a failed dial of ours is not a peer's misbehaviour
     assert theirs[("p2pfed_round", ())] == 1
     assert [k for k in theirs if k[0] == "p2pfed_reputation"] == [
         ("p2pfed_reputation", (("peer", "12D3KooWC"),))

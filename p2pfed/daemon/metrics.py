@@ -8,7 +8,7 @@ metric objects lock internally, so a scrape never waits for the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
@@ -50,12 +50,30 @@ class NodeMetrics:
         )
         self._rejected: dict[str, int] = {}  # the cumulative counts of the last report
         self._evicted = 0  # the cumulative eviction count at the last report
+        self.refused = Counter(
+            "p2pfed_transport_refusals",
+            "Streams, frames and connections the transport refused or failed to read, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self._refused: dict[str, int] = {}  # the transport's cumulative counts at the last report
 
-    def observe(self, report: RoundReport, neighbours: Sequence[str], evicted: int = 0) -> None:
-        """Take in one round's report, the neighbours at its end and the transport's cumulative count
-        of evictions (membership's rewires)."""
+    def observe(
+        self,
+        report: RoundReport,
+        neighbours: Sequence[str],
+        evicted: int = 0,
+        transport: Mapping[str, int] | None = None,
+    ) -> None:
+        """Take in one round's report, the neighbours at its end, the transport's cumulative count of
+        evictions (membership's rewires) and its cumulative counters (`refused.*` resource caps,
+        `recv_fail.*` unreadable frames), which become `p2pfed_transport_refusals_total{reason}`."""
         self.rewires.inc(max(0, evicted - self._evicted))
         self._evicted = max(self._evicted, evicted)
+        for key, count in (transport or {}).items():
+            if key.startswith(("refused.", "recv_fail.")):
+                self.refused.labels(key).inc(max(0, count - self._refused.get(key, 0)))
+                self._refused[key] = count
         self.round.set(report.round + 1)
         self.train_loss.set(report.train_loss)
         if report.accuracy is not None:
