@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from p2pfed.config import GossipConfig  # noqa: E402
+from p2pfed.config import GossipConfig, RunManifest  # noqa: E402
 from p2pfed.learn import LearnConfig, TaskModel, partition, split_validation  # noqa: E402
 from p2pfed.learn.batched_train import TrainJob  # noqa: E402
 from p2pfed.seeds import Seed, partition_rng, validation_rng  # noqa: E402
@@ -89,10 +89,10 @@ def main() -> None:
     parser.add_argument("--peers", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--local-steps", type=int, default=GossipConfig().local_steps)
     parser.add_argument("--per-peer-sample", type=int, default=32)
-    parser.add_argument("--task", default=LearnConfig().task)
+    parser.add_argument("--task", default=RunManifest().task)
     args = parser.parse_args()
 
-    learn = LearnConfig(task=args.task)
+    learn = LearnConfig(run=RunManifest(task=args.task))
     sim = SimConfig(learn=learn)
     gossip = GossipConfig(local_steps=args.local_steps)
     model = TaskModel.load(learn)
@@ -100,7 +100,7 @@ def main() -> None:
     warm_up = jobs_for(model, training_rows(model, 4, sim), sim.seed)
     batched_steps_per_second(model, warm_up, gossip)
     print(
-        f"local training, {learn.model} on {learn.task}, K={gossip.local_steps} SAM steps "
+        f"local training, {learn.run.model} on {learn.run.task}, K={gossip.local_steps} SAM steps "
         f"(ρ={gossip.rho}, {learn.optimizer}, batch {learn.batch_size}), one round from the initial vector"
     )
     print(f"  {'peers':>6}{'per-peer steps/s':>18}{'batched steps/s':>17}{'speed-up':>10}")
