@@ -58,8 +58,7 @@ def test_a_scrape_shows_the_rounds_figures_and_each_node_serves_its_own() -> Non
             rejections={"bad_signature": 3, "wrong_run": 1},
         ),
         ["12D3KooWA"],
-        evicted=2,
-        transport={"refused.streams_per_peer": 728, "recv_fail.over_budget": 1, "dial_fail.timeout": 3},
+        transport={"evict": 2, "refused.streams_per_peer": 728, "recv_fail.over_budget": 1, "dial_fail.timeout": 3},
     )
     second.observe(_report(0, reputation={"12D3KooWC": 0.5}), ["12D3KooWC"])
     with serving(first, "127.0.0.1:0") as (_, port), serving(second, "127.0.0.1:0") as (_, other):

@@ -48,32 +48,26 @@ class NodeMetrics:
         self.rewires = Counter(
             "p2pfed_rewires", "Neighbours membership evicted for evidence (and replaced)", registry=r
         )
-        self._rejected: dict[str, int] = {}  # the cumulative counts of the last report
-        self._evicted = 0  # the cumulative eviction count at the last report
         self.refused = Counter(
             "p2pfed_transport_refusals",
             "Streams, frames and connections the transport refused or failed to read, by reason",
             ["reason"],
             registry=r,
         )
-        self._refused: dict[str, int] = {}  # the transport's cumulative counts at the last report
+        # the cumulative counts seen at the last report (the report's and the transport's), by series
+        self._totals: dict[tuple[Counter, str], int] = {}
 
     def observe(
-        self,
-        report: RoundReport,
-        neighbours: Sequence[str],
-        evicted: int = 0,
-        transport: Mapping[str, int] | None = None,
+        self, report: RoundReport, neighbours: Sequence[str], transport: Mapping[str, int] | None = None
     ) -> None:
-        """Take in one round's report, the neighbours at its end, the transport's cumulative count of
-        evictions (membership's rewires) and its cumulative counters (`refused.*` resource caps,
-        `recv_fail.*` unreadable frames), which become `p2pfed_transport_refusals_total{reason}`."""
-        self.rewires.inc(max(0, evicted - self._evicted))
-        self._evicted = max(self._evicted, evicted)
-        for key, count in (transport or {}).items():
+        """Take in one round's report, the neighbours at its end and the transport's cumulative counters:
+        `evict` (membership's rewires), `refused.*` (resource caps) and `recv_fail.*` (unreadable frames),
+        the last two as `p2pfed_transport_refusals_total{reason}`."""
+        counters = transport or {}
+        self._advance(self.rewires, "", counters.get("evict", 0))
+        for key, count in counters.items():
             if key.startswith(("refused.", "recv_fail.")):
-                self.refused.labels(key).inc(max(0, count - self._refused.get(key, 0)))
-                self._refused[key] = count
+                self._advance(self.refused, key, count)
         self.round.set(report.round + 1)
         self.train_loss.set(report.train_loss)
         if report.accuracy is not None:
@@ -83,12 +77,18 @@ class NodeMetrics:
         self.bytes_out.inc(report.bytes_sent)
         self.bytes_in.inc(report.bytes_received)
         for reason, count in report.rejections.items():  # cumulative in the report
-            self.rejections.labels(reason).inc(max(0, count - self._rejected.get(reason, 0)))
-        self._rejected = dict(report.rejections)
+            self._advance(self.rejections, reason, count)
         self.neighbours.set(len(neighbours))
         self.reputation.clear()  # peers forgotten since the last round disappear
         for peer, score in report.reputation.items():
             self.reputation.labels(peer).set(score)
+
+    def _advance(self, counter: Counter, label: str, total: int) -> None:
+        """Bring `counter` (its `label` series; "" for an unlabelled one) up to a cumulative `total`."""
+        series = counter.labels(label) if label else counter
+        seen = self._totals.get((counter, label), 0)
+        series.inc(max(0, total - seen))
+        self._totals[(counter, label)] = max(seen, total)
 
     def text(self) -> bytes:
         """What a scrape returns (Prometheus text format)."""

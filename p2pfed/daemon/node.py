@@ -286,8 +286,7 @@ class Node:
         for pid, until in self.peer.reputation.quarantined().items():  # evidence for membership
             self.transport.report(pid, Evidence(EvidenceKind.QUARANTINED, f"until round {until}"))
         neighbours = len(self.transport.neighbours())
-        counters = self.transport.counters
-        self.metrics.observe(report, self.transport.neighbours(), counters["evict"], counters)
+        self.metrics.observe(report, self.transport.neighbours(), self.transport.counters)
         append_metrics(self.out, metrics_row(report, neighbours))
         self.status.round = report.round + 1
         self.status.rejections = dict(report.rejections)
