@@ -32,18 +32,14 @@ import torch  # noqa: E402
 
 from p2pfed.config import GossipConfig  # noqa: E402
 from p2pfed.learn import LearnConfig, TaskModel  # noqa: E402
+from p2pfed.peer.topology import fit_degree  # noqa: E402
 from p2pfed.sims.simulate import SimConfig, run_simulation  # noqa: E402
-
-
-def _degree(peers: int) -> int:
-    degree = min(4, peers - 1)
-    return degree - 1 if (peers * degree) % 2 else degree
 
 
 def sim_config(peers: int, rounds: int, steps: int, cache: bool) -> SimConfig:
     return SimConfig(
         peers=peers,
-        degree=_degree(peers),
+        degree=fit_degree(peers),
         evaluate_every=0,
         defence="mean",  # D-PSGD mixing: what is measured is the cost of gossip, not of a defence
         save_adapters=False,
