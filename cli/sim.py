@@ -9,7 +9,7 @@ import click
 from tqdm import tqdm
 
 from p2pfed.cli.options import key_values
-from p2pfed.config import LORA_MODES, MAX_NEIGHBOURS, GossipConfig, RunManifest
+from p2pfed.config import LORA_MODES, LR_SCHEDULES, MAX_NEIGHBOURS, GossipConfig, RunManifest
 from p2pfed.learn import LearnConfig
 from p2pfed.peer.topology import DEFAULT_DEGREE, TOPOLOGIES, fit_degree
 from p2pfed.robust.registry import DEFAULT_DEFENCE
@@ -26,6 +26,11 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--rho", default=GossipConfig.rho, show_default=True,
               help="SAM radius ρ; 0 turns SAM off (plain local SGD/Adam, i.e. D-PSGD).")
 @click.option("--lr", default=GossipConfig.lr, show_default=True, help="Local learning rate.")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=GossipConfig.lr_schedule, show_default=True,
+              help="How --lr changes over the rounds: constant, or cosine down to --lr-final·lr at the last "
+                   "round (the last rounds' local drift then stays small on non-IID data).")
+@click.option("--lr-final", default=GossipConfig.lr_final, show_default=True,
+              help="With --lr-schedule cosine: the last round's lr as a fraction of --lr.")
 @click.option("--logit-adjust", default=GossipConfig.logit_adjust, show_default=True,
               help="τ: train on logits + τ·log(local label frequencies), so a skewed shard does not push "
                    "down the classes it lacks (non-IID); 0 = plain cross-entropy.")
@@ -73,8 +78,8 @@ from p2pfed.sims.placement import PLACEMENTS
               help="With --transport libp2p: one `p2pfed join` OS process per peer (honest peers only); "
                    f"they link as join does (each to every peer it finds, up to {MAX_NEIGHBOURS}), not by --topology.")
 def sim(
-    peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, logit_adjust: float,
-    topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
+    peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, lr_schedule: str,
+    lr_final: float, logit_adjust: float, topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
     placement: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
     seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool,
@@ -129,7 +134,7 @@ def sim(
         save_adapters=not no_adapters,
         gossip=GossipConfig(
             rounds=rounds, local_steps=local_steps, gossip_steps=gossip_steps, rho=rho, lr=lr,
-            logit_adjust=logit_adjust,
+            lr_schedule=lr_schedule, lr_final=lr_final, logit_adjust=logit_adjust,
         ),
         learn=LearnConfig(
             run=RunManifest(

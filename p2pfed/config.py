@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import tomllib
@@ -42,9 +43,43 @@ class GossipConfig:
     # τ = 1 is the balanced loss of Menon et al.; τ = 0.5 left sms-spam's minority class to the white-box
     # attacker, and τ = 1 costs about 2 points on IID trec (figures: docs/robustness.md)
     logit_adjust: float = 1.0
+    # how lr changes over the rounds: "constant", or "cosine" from lr down to lr·lr_final at the last round.
+    # Each peer computes it from the round number alone, so peers of one run stay on one schedule
+    lr_schedule: str = "constant"
+    lr_final: float = 0.1  # the last round's lr as a fraction of `lr` (cosine)
     step_timeout: float = 60.0  # seconds a peer waits for its neighbours in one gossip step
     # accept updates claiming rounds within this many of ours (late joiners, stragglers). Part of the contract
     round_window: int = 2
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 < self.lr_final <= 1.0:
+            raise ConfigError(f"lr_final is a fraction of lr: it must be in (0, 1], got {self.lr_final}")
+
+    def lr_at(self, rnd: int) -> float:
+        """The local learning rate of round `rnd` (0-based).
+
+        Cosine decay (Loshchilov & Hutter, SGDR) from `lr` at round 0 to `lr·lr_final` at round `rounds - 1`;
+        rounds past the end (a daemon that keeps going) stay at the final rate. Why decay at all: each
+        round's local update on a label-skewed shard pulls a peer toward its own classes by about lr·K
+        (Adam's steps are near lr whatever the gradient), and the Q gossip steps that follow only partly
+        undo it, so with a constant lr the last round's drift is still in the model a user keeps, and the
+        curve swings from round to round. A smaller last step leaves the peers nearer their neighbours'
+        consensus.
+        """
+        if self.lr_schedule == "constant" or self.rounds <= 1:
+            return self.lr
+        progress = min(max(rnd, 0), self.rounds - 1) / (self.rounds - 1)
+        floor = self.lr * self.lr_final
+        return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def at_round(self, rnd: int) -> GossipConfig:
+        """This schedule with the learning rate of round `rnd`, as `LocalModel.train` reads it."""
+        return dataclasses.replace(self, lr=self.lr_at(rnd), lr_schedule="constant")
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 SHARED_SCHEDULE = ("gossip_steps", "round_window")  # the GossipConfig fields every peer of a run must share

@@ -11,6 +11,7 @@ state. The peer catches up with the network's round from its neighbours' signed 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -210,7 +211,7 @@ class Peer:
         sent0, received0 = self._bytes_sent, self._bytes_received
         anchor = self.vector
         training_rng = self.rng(rnd, Seed.LOCAL_TRAINING)
-        self.vector, train_loss = await self.blocking(self.local.train, self.vector, training_rng)
+        self.vector, train_loss = await self.blocking(self._train_fn(rnd), self.vector, training_rng)
         self.anchor, self._trained = anchor, self.vector  # our own evidence, for the defence
         outcomes: Counter[str] = Counter()
         for step in range(self.gossip.gossip_steps):
@@ -249,6 +250,13 @@ class Peer:
                     reputation=self.reputation.snapshot(),
                 )
             )
+
+    def _train_fn(self, rnd: int) -> Callable[[FloatVector, np.random.Generator], tuple[FloatVector, float]]:
+        """The local model's `train` at round `rnd`'s learning rate (`GossipConfig.lr_at`). The schedule is
+        a function of the round number only, so every peer of a run follows the same one."""
+        if self.gossip.lr_schedule == "constant":
+            return self.local.train
+        return dataclasses.replace(self.local, gossip=self.gossip.at_round(rnd)).train
 
     async def gossip_step(self, rnd: int, step: int) -> list[Verdict]:
         """Send our vector, collect our neighbours', defend and mix. Returns the verdicts for reputation."""
