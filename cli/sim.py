@@ -31,6 +31,9 @@ from p2pfed.sims.placement import PLACEMENTS
                    "round (the last rounds' local drift then stays small on non-IID data).")
 @click.option("--lr-final", default=GossipConfig.lr_final, show_default=True,
               help="With --lr-schedule cosine: the last round's lr as a fraction of --lr.")
+@click.option("--restore-update", default=GossipConfig.restore_update, show_default=True,
+              help="After the gossip steps, stretch the round's move back toward the length of this peer's own "
+                   "local update, at most this many times (non-IID updates cancel in the mix); 1 = off.")
 @click.option("--logit-adjust", default=GossipConfig.logit_adjust, show_default=True,
               help="τ: train on logits + τ·log(local label frequencies), so a skewed shard does not push "
                    "down the classes it lacks (non-IID); 0 = plain cross-entropy.")
@@ -79,7 +82,7 @@ from p2pfed.sims.placement import PLACEMENTS
                    f"they link as join does (each to every peer it finds, up to {MAX_NEIGHBOURS}), not by --topology.")
 def sim(
     peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, lr_schedule: str,
-    lr_final: float, logit_adjust: float, topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
+    lr_final: float, restore_update: float, logit_adjust: float, topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
     placement: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
     seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool,
@@ -134,7 +137,7 @@ def sim(
         save_adapters=not no_adapters,
         gossip=GossipConfig(
             rounds=rounds, local_steps=local_steps, gossip_steps=gossip_steps, rho=rho, lr=lr,
-            lr_schedule=lr_schedule, lr_final=lr_final, logit_adjust=logit_adjust,
+            lr_schedule=lr_schedule, lr_final=lr_final, restore_update=restore_update, logit_adjust=logit_adjust,
         ),
         learn=LearnConfig(
             run=RunManifest(

@@ -47,6 +47,9 @@ class GossipConfig:
     # Each peer computes it from the round number alone, so peers of one run stay on one schedule
     lr_schedule: str = "constant"
     lr_final: float = 0.1  # the last round's lr as a fraction of `lr` (cosine)
+    # after the Q gossip steps, stretch the round's move (anchor -> mixed) back toward the length of our own
+    # local update, at most this many times; 1 = off. Non-IID updates cancel in the mix (p2pfed/peer/schedule.py)
+    restore_update: float = 1.0
     step_timeout: float = 60.0  # seconds a peer waits for its neighbours in one gossip step
     # accept updates claiming rounds within this many of ours (late joiners, stragglers). Part of the contract
     round_window: int = 2
@@ -54,6 +57,8 @@ class GossipConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.restore_update < 1.0:
+            raise ConfigError(f"restore_update is a stretch factor: it must be >= 1 (1 = off), got {self.restore_update}")
         if not 0.0 < self.lr_final <= 1.0:
             raise ConfigError(f"lr_final is a fraction of lr: it must be in (0, 1], got {self.lr_final}")
 

@@ -33,6 +33,7 @@ from p2pfed.peer.intake import TENSOR, Intake
 from p2pfed.peer.ledger import StepLedger
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.report import RoundReport
+from p2pfed.peer.schedule import restore_update
 from p2pfed.peer.topology import metropolis_row, renormalize
 from p2pfed.robust.base import Defence, DefenceInput
 from p2pfed.robust.reputation import ReputationTable
@@ -218,6 +219,8 @@ class Peer:
             verdicts = await self.gossip_step(rnd, step)
             outcomes.update(v.outcome.value for v in verdicts)
         self.reputation.end_round(rnd)
+        if not self.byzantine and self.anchor is not None and self._trained is not None:
+            self.vector = restore_update(self.anchor, self._trained, self.vector, self.gossip.restore_update)
         accuracy = loss = None
         if not self.byzantine and self.evaluate_every and (rnd + 1) % self.evaluate_every == 0:
             result = await self.blocking(self.local.evaluate, self.vector)
