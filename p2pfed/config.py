@@ -71,7 +71,9 @@ class GossipConfig:
         (Adam's steps are near lr whatever the gradient), and the Q gossip steps that follow only partly
         undo it, so with a constant lr the last round's drift is still in the model a user keeps, and the
         curve swings from round to round. A smaller last step leaves the peers nearer their neighbours'
-        consensus.
+        consensus. Measured: in the default 6 rounds on trec at Dirichlet α = 0.3 it costs 5.6 points
+        (59.2 against 64.8), because what is missing there is speed, so the default stays "constant"
+        (docs/noniid.md).
         """
         if self.lr_schedule == "constant" or self.rounds <= 1:
             return self.lr
