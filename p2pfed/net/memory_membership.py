@@ -9,7 +9,8 @@ around it, synchronously and in a fixed order, so a simulated run is reproducibl
   status after deciding).
 - **Peer exchange.** Every round each peer announces its neighbours to every other peer, as gossipsub
   floods a `join` run's presence topic; each peer credits the candidates to the announcer. A peer named
-  in `advertise_only` (a Byzantine peer under eclipse placement) announces only those identities.
+  in `advertise_only` (a Byzantine peer under eclipse placement) offers only those identities as
+  candidates, while still listing the neighbours it keeps (so its victims do not unlink it).
 - **Evidence** (`report`) is queued during a round and applied at the next boundary, after the tick.
 
 Neighbour sets change only inside `rewire`, which the simulation calls once every peer has finished a
@@ -66,14 +67,14 @@ class MemoryMembership:
         targets: Mapping[str, int],
         *,
         seed: int,
-        rules: MembershipRules = MembershipRules(),
+        rules: MembershipRules | None = None,
         advertise_only: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         """`targets`: each peer's target degree, in peer-index order (that order seeds each peer's
         stream, and fixes the order of every pass)."""
         self.order = list(targets)
         self.members = {
-            peer: Membership(peer, target, np.random.default_rng([seed, i, Seed.MEMBERSHIP]), rules)
+            peer: Membership(peer, target, np.random.default_rng([seed, i, Seed.MEMBERSHIP]), rules or MembershipRules())
             for i, (peer, target) in enumerate(targets.items())
         }
         self.advertise_only = {p: sorted(set(others) - {p}) for p, others in (advertise_only or {}).items()}
@@ -163,16 +164,19 @@ class MemoryMembership:
         for sender in self.order:
             listed = self._announced(sender)
             found = [(sender, addrs(sender)), *((p, addrs(p)) for p in listed)]
+            # a colluder still lists the neighbours it keeps: an honest peer unlinks a full peer that
+            # does not list it, and an attacker wants its victims
+            names = frozenset(listed) | frozenset(self.members[sender].neighbours())
             degree, full = len(self.members[sender].neighbours()), self.members[sender].full_for(None)
-            announcements.append((sender, frozenset(listed), found, degree, full))
+            announcements.append((sender, names, found, degree, full))
         queue: deque[tuple[str, Decision]] = deque()
         for receiver in self.order:
             member = self.members[receiver]
-            for sender, listed, found, degree, full in announcements:
+            for sender, names, found, degree, full in announcements:
                 if sender == receiver:
                     continue
-                if sender in member._neighbours:
-                    status = Status(degree, full, receiver in listed, addrs(sender))
+                if member.degree_of(sender) is not None:  # a neighbour's announcement refreshes it
+                    status = Status(degree, full, receiver in names, addrs(sender))
                     queue.extend((receiver, d) for d in member.presence(sender, status))
                 queue.extend((receiver, d) for d in member.discovered(found, advertiser=sender))
             self._run(queue)
