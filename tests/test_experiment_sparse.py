@@ -8,7 +8,13 @@ import json
 import pytest
 
 from p2pfed.errors import ConfigError
-from p2pfed.sims.experiment import PRESETS, ExperimentConfig, Grid, check_cells, experiment_from_mapping
+from p2pfed.sims.experiment import (
+    PRESETS,
+    ExperimentConfig,
+    Grid,
+    check_cells,
+    experiment_from_mapping,
+)
 
 
 def sparse(**grid: object) -> ExperimentConfig:
