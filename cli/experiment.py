@@ -80,6 +80,14 @@ def _parse_params(values: tuple[str, ...], option: str) -> dict[str, dict[str, A
               help="Where the Byzantine peers sit on the graph: random (drawn from the seed), or eclipse "
                    "(around honest victims, all but one of each victim's neighbours Byzantine; see "
                    "`p2pfed sim --help`). [default: random]")
+@click.option("--membership", type=click.Choice(["static", "sampling"]),
+              help="static: every cell keeps its drawn graph; sampling: peers rewire it from their defence's "
+                   "evidence (see `p2pfed sim --help`). A defence named NAME+sampling (e.g. bristle+sampling) "
+                   "samples whatever this says, so one grid compares both. [default: static]")
+@click.option("--preset", type=click.Choice(["sparse"]),
+              help="A ready grid; flags and --config override it. sparse: 64 peers, degree 6, 21 Byzantine, "
+                   "trec, Dirichlet 0.5, 12 rounds, every attack, defences mean, clipped_gossip, bristle, "
+                   "bristle+sampling, oracle (run it with --placement random and --placement eclipse).")
 @click.option("--partition", type=click.Choice(["iid", "dirichlet", "k-classes"]), help="Data split over peers.")
 @click.option("--alpha", type=float, help="Dirichlet concentration; smaller = more non-IID.")
 @click.option("--model", help="'minilm', 'smollm2' or a local HuggingFace model directory.")
@@ -101,7 +109,7 @@ def experiment(
     config_file: Path | None, attacks: str | None, defences: str | None, byzantine: str | None,
     seeds: str | None, workers: int | None, peers: int | None, rounds: int | None, local_steps: int | None,
     gossip_steps: int | None, rho: float | None, lr: float | None, topology: str | None, degree: int | None,
-    placement: str | None, partition: str | None, alpha: float | None, model: str | None, task: str | None,
+    placement: str | None, membership: str | None, preset: str | None, partition: str | None, alpha: float | None, model: str | None, task: str | None,
     settings: tuple[str, ...], attack_params: tuple[str, ...], defence_params: tuple[str, ...], out: Path | None, keep_runs: bool, list_only: bool, report_only: bool,
 ) -> None:
     """Run a grid of simulations and write a report comparing defences under attacks.
@@ -130,10 +138,17 @@ def experiment(
         click.echo(f"using {config_file} (this directory's grid; flags override it)")
     data = read_toml(config_file) if config_file else {}
     source = str(config_file) if config_file else "command line"
+    if preset is not None:
+        from p2pfed.sims.experiment import PRESETS
+
+        chosen = PRESETS[preset]
+        data = {**data, "base": {**chosen["base"], **data.get("base", {})},
+                "grid": {**chosen["grid"], **data.get("grid", {})}}
     base = dict(data.get("base", {}))
     flags = {
         "peers": peers, "rounds": rounds, "local_steps": local_steps, "gossip_steps": gossip_steps, "rho": rho,
-        "lr": lr, "topology": topology, "degree": degree, "placement": placement, "partition": partition,
+        "lr": lr, "topology": topology, "degree": degree, "placement": placement, "membership": membership,
+        "partition": partition,
         "alpha": alpha, "model": model, "task": task,
     }
     base.update({k: v for k, v in flags.items() if v is not None})

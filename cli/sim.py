@@ -64,6 +64,11 @@ from p2pfed.sims.placement import PLACEMENTS
               help="Where the Byzantine peers sit on the graph. random: drawn from the seed; eclipse: around "
                    "honest victims (drawn from the seed, as many as --byzantine allows), all but one of each "
                    "victim's neighbours Byzantine. The run's summary lists the victims.")
+@click.option("--membership", type=click.Choice(["static", "sampling"]), default="static", show_default=True,
+              help="static: the drawn graph for the whole run; sampling: each peer rewires it between rounds "
+                   "as `join` does (evicts neighbours its defence quarantined, at most 2 a round, refuses "
+                   "them for 10 rounds, dials uniformly sampled candidates from peer exchange). Memory "
+                   "transport only.")
 @click.option("--attack", default="none", show_default=True,
               help="Behaviour of the Byzantine peers: a built-in name or 'module:Class'.")
 @click.option("--attack-param", multiple=True, metavar="KEY=VALUE", help="Parameter of the attack (repeatable).")
@@ -84,7 +89,7 @@ def sim(
     peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, lr_schedule: str,
     lr_final: float, restore_update: float, logit_adjust: float, topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
-    placement: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
+    placement: str, membership: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
     seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool,
 ) -> None:
     """Simulate a p2pfed network of N peers in this process.
@@ -129,6 +134,7 @@ def sim(
         classes_per_peer=classes_per_peer,
         byzantine=byzantine,
         placement=placement,
+        membership=membership,
         attack=attack,
         attack_params=key_values(attack_param, "--attack-param"),
         defence=defence,
@@ -199,6 +205,15 @@ def _print_table(summary: dict) -> None:  # type: ignore[type-arg]
                        f"(peer {final['byzantine_share_max_peer']})")
         if summary.get("placement") == "eclipse":
             click.echo(f"eclipse victims (one honest neighbour left): {summary['eclipse_victims'] or 'none'}")
+        hoods = summary.get("neighbourhoods", {})
+        if summary.get("membership") == "sampling":
+            first = hoods.get("victims_honest_majority_round")
+            if summary.get("eclipse_victims"):
+                kept = "and kept it" if hoods.get("victims_keep_majority") else "but lost it again"
+                click.echo(f"every victim had an honest majority of neighbours from round {first + 1} {kept}"
+                           if first is not None else "some victim never had an honest majority of neighbours")
+            click.echo(f"rewires (evictions) per honest peer per round: mean {hoods['rewires_per_peer_round_mean']:.2f}, "
+                       f"max {hoods['rewires_per_peer_round_max']}")
     click.echo(
         f"final honest accuracy {final['honest_accuracy_mean']:.4f} ± {final['honest_accuracy_std']:.4f}"
         f", worst honest peer {final['honest_accuracy_min']:.4f}  in {summary['wall_seconds']:.0f} s"

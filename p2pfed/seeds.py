@@ -23,6 +23,7 @@ class Seed(IntEnum):
     VALIDATION = 0xA1  # a peer's validation split of its shard: [seed, peer, 0xA1]
     LABEL_POISON = 0xF1  # a Byzantine peer's poisoned labels in a simulation: [seed, peer, 0xF1]
     BYZANTINE = 0xB12  # which peers of a simulation are Byzantine: [seed, 0xB12]
+    MEMBERSHIP = 0x3E3  # a simulated peer's membership choices (p2pfed.net.memory_membership): [seed, peer, 0x3E3]
     ECLIPSE = 0xEC1  # eclipse placement's victims and kept neighbours (p2pfed.sims.placement): [seed, 0xEC1]
     PARTITION = 0x5EED  # the partition of the training pool into shards: [seed, 0x5EED]
     EVAL_SAMPLE = 0xE7A1  # the test rows `export_shards(eval_rows=...)` keeps: [seed, 0xE7A1]

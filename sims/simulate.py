@@ -3,8 +3,11 @@
 Writes a run directory: config.json, metrics.jsonl (one row per peer per round), summary.json,
 reputation.json, accuracy.png and each peer's final adapter as a peft adapter directory.
 
-The graph is static: drawn once from the seed (`p2pfed.peer.topology`), the Byzantine peers placed on it
-(`p2pfed.sims.placement`), and each peer's share of Byzantine neighbours recorded in every row.
+The graph is drawn once from the seed (`p2pfed.peer.topology`) and the Byzantine peers placed on it
+(`p2pfed.sims.placement`). With `membership="static"` it stays; with "sampling" it is only the first
+neighbours, and each peer's `Membership` (the one `join` runs) rewires it between rounds from its
+defence's evidence (`p2pfed.net.memory_membership`). Every row records the peer's share of Byzantine
+neighbours in that round and the rewiring it went through on entering it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,14 @@ from p2pfed.learn import LearnConfig, TaskModel
 from p2pfed.learn.partition import partition, split_validation
 from p2pfed.net.libp2p_transport import Libp2pConfig
 from p2pfed.net.loopback import loopback_transports
+from p2pfed.net.membership import Evidence, EvidenceKind
 from p2pfed.net.memory import MemoryNetwork
+from p2pfed.net.memory_membership import MemoryMembership
 from p2pfed.net.transport import Transport
 from p2pfed.peer.byzantine import Attacker
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
-from p2pfed.peer.topology import DEFAULT_DEGREE, build_topology
+from p2pfed.peer.topology import DEFAULT_DEGREE, LiveNeighbours, build_topology
 from p2pfed.robust.base import Defence
 from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
 from p2pfed.robust.reputation import ReputationTable
@@ -49,6 +54,7 @@ from p2pfed.wire import Identity, Schema
 log = logging.getLogger(__name__)
 
 TRANSPORTS = ("memory", "libp2p")
+MEMBERSHIPS = ("static", "sampling")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class SimConfig:
     val_fraction: float = 0.15  # of each peer's shard held out for its own validation (defences)
     byzantine: int = 0  # how many peers are Byzantine
     placement: str = "random"  # where they sit on the graph: "random", or "eclipse" (around honest victims)
+    # "static": the drawn graph for the whole run; "sampling": peers rewire it from their defence's evidence
+    # (memory transport). Static stays the default until the sparse preset shows sampling is never worse.
+    membership: str = "static"
     attack: str = "none"
     attack_params: dict[str, Any] = field(default_factory=dict)
     defence: str = DEFAULT_DEFENCE  # Bristle-style with reputation; "mean" is plain D-PSGD mixing
@@ -119,6 +128,8 @@ def byzantine_indices(cfg: SimConfig) -> list[int]:
 
 def validate(cfg: SimConfig) -> None:
     """Fail fast on options that cannot work, before anything slow (model loading) happens."""
+    if cfg.membership not in MEMBERSHIPS:
+        raise ConfigError(f"unknown --membership {cfg.membership!r}; choose one of {', '.join(MEMBERSHIPS)}")
     placement_of(cfg)
     make_defence(cfg, frozenset())
     if cfg.byzantine:
@@ -147,6 +158,8 @@ def run_simulation(
     """
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+    if transport != "memory" and cfg.membership != "static":
+        raise ConfigError("--membership sampling runs on the memory transport (join always samples)")
     started = time.perf_counter()
     validate(cfg)
     model = model or TaskModel.load(cfg.learn)
@@ -183,7 +196,8 @@ async def _simulate(
     schema = Schema.from_tensors({TENSOR: np.zeros(model.dim, dtype=np.float32)})
     run_digest = run_contract(cfg, model).digest()
     initial = model.initial_vector()
-    recorder = _Recorder(cfg, ids, placement, byzantine_shares(adjacency, byzantine), progress)
+    network = _memory_network(cfg, ids, adjacency, placement) if transport == "memory" else None
+    recorder = _Recorder(cfg, ids, placement, byzantine_shares(adjacency, byzantine), progress, network)
 
     def wire(transports: list[Transport]) -> list[Peer]:
         """The same Peer wiring whatever the transport."""
@@ -198,9 +212,13 @@ async def _simulate(
                 poisoned = behaviour.poison_labels(true, model.num_classes, poison_rng)
                 labels = None if poisoned is true else poisoned
             local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels)
-            neighbours = {ids[j]: len(adjacency[j]) for j in adjacency[i]}
+            neighbours: Mapping[str, int] = {ids[j]: len(adjacency[j]) for j in adjacency[i]}
+            gate: dict[str, Any] = {}
+            if network is not None and network.membership is not None:
+                neighbours = LiveNeighbours(transports[i].neighbour_degrees)  # type: ignore[attr-defined]
+                gate = {"network": network}
             peers.append(
-                Peer(
+                (_GatedPeer if gate else Peer)(
                     index=i,
                     identity=identities[i],
                     transport=transports[i],
@@ -219,6 +237,7 @@ async def _simulate(
                     reputation=ReputationTable(),
                     on_round=recorder.record,
                     evaluate_every=cfg.evaluate_every,
+                    **gate,
                 )
             )
         return peers
@@ -229,7 +248,7 @@ async def _simulate(
             peers = wire(list(hosts))
             await _run_peers(peers, cfg.gossip.rounds)
     else:
-        network = MemoryNetwork(delay=cfg.delay, drop=cfg.drop, seed=cfg.seed)
+        assert network is not None
         peers = wire([network.add(ids[i], [ids[j] for j in adjacency[i]]) for i in range(cfg.peers)])
         async with trio.open_nursery() as nursery:
             await nursery.start(network.run)
@@ -241,6 +260,43 @@ async def _simulate(
     if out is not None:
         _write_run_dir(out, cfg, recorder, summary, peers, model)
     return SimResult(summary=summary, rows=recorder.rows, out=out, vectors=[p.vector for p in peers])
+
+
+def _memory_network(
+    cfg: SimConfig, ids: list[str], adjacency: tuple[tuple[int, ...], ...], placement: Placement
+) -> MemoryNetwork:
+    """The memory switchboard; with sampling membership, every peer's `Membership` starts from the drawn
+    graph (its target degree: its degree there). Under eclipse placement the Byzantine peers advertise
+    only each other in peer exchange."""
+    membership = None
+    if cfg.membership == "sampling":
+        bad = [ids[i] for i in placement.byzantine]
+        membership = MemoryMembership(
+            {ids[i]: max(1, len(adjacency[i])) for i in range(cfg.peers)},
+            seed=cfg.seed,
+            advertise_only={p: bad for p in bad} if cfg.placement == "eclipse" else None,
+        )
+        membership.install({ids[i]: [ids[j] for j in adjacency[i]] for i in range(cfg.peers)})
+    return MemoryNetwork(delay=cfg.delay, drop=cfg.drop, seed=cfg.seed, membership=membership)
+
+
+class _GatedPeer(Peer):
+    """A simulated Peer under sampling membership: it starts each round once the network has rewired for
+    it, and at the end of a round hands its defence's evidence (its quarantined identities) to
+    membership, as `join` does after every round."""
+
+    def __init__(self, *, network: MemoryNetwork, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.network = network
+
+    async def run_round(self, rnd: int) -> None:
+        await self.network.wait_round(rnd)
+        await super().run_round(rnd)
+        evidence = [] if self.byzantine else [
+            (pid, Evidence(EvidenceKind.QUARANTINED, f"until round {until}"))
+            for pid, until in sorted(self.reputation.quarantined().items())
+        ]
+        self.network.round_finished(self.peer_id, rnd, evidence)
 
 
 async def _run_peers(peers: list[Peer], rounds: int) -> None:
@@ -272,8 +328,12 @@ class _Recorder:
         placement: Placement,
         byzantine_shares: list[float],  # each peer's share of Byzantine neighbours on the static graph
         progress: Callable[[int, int, str], None] | None,
+        network: MemoryNetwork | None = None,  # its membership's per-round neighbours, if it has one
     ) -> None:
         self.cfg = cfg
+        self.network = network if network is not None and network.membership is not None else None
+        self.share_rows: list[list[float]] = []  # per round, each peer's share of Byzantine neighbours
+        self.rewire_rows: list[list[int]] = []  # per round, each peer's evictions at that round's boundary
         self.ids = ids
         self.index = {pid: i for i, pid in enumerate(ids)}
         self.byzantine = set(placement.byzantine)
@@ -305,6 +365,7 @@ class _Recorder:
         reports = sorted(reports, key=lambda r: r.index)  # arrival order varies; float sums must not
         honest = [r for r in reports if not r.byzantine]
         mean = np.mean([r.vector for r in honest], axis=0)
+        shares, changes = self._neighbourhood(rnd)
         for r in reports:
             self.rows.append(
                 {
@@ -316,7 +377,11 @@ class _Recorder:
                     "loss": r.loss,
                     "train_loss": r.train_loss,
                     "consensus_distance": float(np.linalg.norm(r.vector - mean)),
-                    "byzantine_neighbour_share": round(self.shares[r.index], 4),
+                    "byzantine_neighbour_share": round(shares[r.index], 4),
+                    # what its neighbourhood went through entering this round (sampling membership)
+                    "rewires": changes[r.index][0],  # neighbours it evicted for evidence
+                    "neighbours_added": changes[r.index][1],
+                    "neighbours_removed": changes[r.index][2],
                     "bytes_sent": r.bytes_sent,
                     "bytes_received": r.bytes_received,
                     "seconds": round(r.seconds, 4),
@@ -338,10 +403,48 @@ class _Recorder:
                 }
             )
 
+    def _neighbourhood(self, rnd: int) -> tuple[list[float], list[tuple[int, int, int]]]:
+        """Each peer's share of Byzantine neighbours in round `rnd`, and (evicted, added, removed) at its
+        boundary: the static graph's shares and no changes without membership."""
+        none = [(0, 0, 0)] * len(self.ids)
+        if self.network is None:
+            shares, changes = list(self.shares), none
+        else:
+            current = self.network.neighbours_at.get(rnd, {})
+            shares = [
+                sum(self.index[n] in self.byzantine for n in current.get(pid, [])) / max(1, len(current.get(pid, [])))
+                for pid in self.ids
+            ]
+            at = self.network.changes_at.get(rnd, {})
+            changes = [
+                (c.evicted, c.added, c.removed) if (c := at.get(pid)) is not None else (0, 0, 0) for pid in self.ids
+            ]
+        self.share_rows.append(shares)
+        self.rewire_rows.append([c[0] for c in changes])
+        return shares, changes
+
+    def recovery(self) -> dict[str, Any]:
+        """How the eclipse victims and the honest peers' neighbourhoods fared, round by round."""
+        honest = [i for i in range(len(self.ids)) if i not in self.byzantine]
+        rewires = [row[i] for row in self.rewire_rows for i in honest]
+        majority = [all(row[v] < 0.5 for v in self.victims) for row in self.share_rows]
+        first = next((r for r, ok in enumerate(majority) if ok), None)
+        return {
+            # rounds (from the start) until every victim has a majority of honest neighbours; None: never
+            "victims_honest_majority_round": first if self.victims else None,
+            "victims_keep_majority": None if first is None or not self.victims else all(majority[first:]),
+            "byzantine_share_mean_by_round": [
+                round(float(np.mean([row[i] for i in honest])), 4) for row in self.share_rows
+            ] if honest else [],
+            "rewires_per_peer_round_mean": round(float(np.mean(rewires)), 4) if rewires else 0.0,
+            "rewires_per_peer_round_max": int(max(rewires, default=0)),
+        }
+
     def summary(self, wall: float, majority_baseline: float | None = None) -> dict[str, Any]:
         final = self.curve[-1] if self.curve else {}
         honest = [i for i in range(len(self.ids)) if i not in self.byzantine]
-        worst = max(honest, key=lambda i: self.shares[i]) if honest else None
+        shares = self.share_rows[-1] if self.share_rows else self.shares  # in the last round
+        worst = max(honest, key=lambda i: shares[i]) if honest else None
         return {
             "final": {
                 "round": final.get("round"),
@@ -353,7 +456,7 @@ class _Recorder:
                 # has learnt nothing useful, whatever the mean says
                 "majority_baseline": majority_baseline,
                 # the worst-off honest peer's share of Byzantine neighbours, and who that is
-                "byzantine_share_max": None if worst is None else round(self.shares[worst], 4),
+                "byzantine_share_max": None if worst is None else round(shares[worst], 4),
                 "byzantine_share_max_peer": worst,
             },
             "curve": self.curve,
@@ -361,6 +464,8 @@ class _Recorder:
             "byzantine_peer_ids": [self.ids[i] for i in sorted(self.byzantine)],
             "placement": self.cfg.placement,
             "eclipse_victims": self.victims,
+            "membership": self.cfg.membership,
+            "neighbourhoods": self.recovery(),
             "attack": self.cfg.attack,
             "defence": self.cfg.defence,
             "peers": self.cfg.peers,

@@ -112,6 +112,7 @@ class Membership:
         self.reserved = math.floor(target_degree * rules.sampled_share)
         self.advertiser_quota = max(1, math.floor(rules.pool_size * rules.advertiser_share))
         self._pool: dict[str, tuple[Addrs, str]] = {}  # candidate -> (addrs, advertiser)
+        self._held: Counter[str] = Counter()  # advertiser -> its candidates in the pool (kept in step)
         self._neighbours: dict[str, _Neighbour] = {}
         self._pending: set[str] = set()  # dialled by us, no hello yet
         self._greeted: dict[str, Status] = {}  # pending peers' own hellos, until they answer ours
@@ -166,23 +167,32 @@ class Membership:
         return self._fill()
 
     def _add_candidate(self, peer: str, addrs: Addrs, advertiser: str) -> None:
+        if peer in self._pool:
+            return  # credited to whoever told us first
         if peer == self.local_id or peer in self._neighbours or self.refused(peer):
             return
         if not addrs and advertiser != INBOUND:  # an inbound peer is greeted on its connection
             return
-        if peer in self._pool:
-            return  # credited to whoever told us first
-        held = Counter(adv for _, adv in self._pool.values())
+        held = self._held
         if held[advertiser] >= self.advertiser_quota:
             return
         if len(self._pool) >= self.rules.pool_size:
             # make room by dropping one of the most represented advertiser's candidates
-            top, count = max(held.items(), key=lambda item: (item[1], item[0]))
-            if count <= held[advertiser] + 1:
+            if max(held.values()) <= held[advertiser] + 1:  # the common case, checked cheaply first
                 return
+            top, _ = max(held.items(), key=lambda item: (item[1], item[0]))
             theirs = sorted(p for p, (_, adv) in self._pool.items() if adv == top)
-            del self._pool[theirs[int(self._rng.integers(len(theirs)))]]
+            self._forget(theirs[int(self._rng.integers(len(theirs)))])
         self._pool[peer] = (addrs, advertiser)
+        held[advertiser] += 1
+
+    def _forget(self, peer: str) -> None:
+        """Drop `peer` from the candidate pool (if there)."""
+        entry = self._pool.pop(peer, None)
+        if entry is not None:
+            self._held[entry[1]] -= 1
+            if not self._held[entry[1]]:
+                del self._held[entry[1]]
 
     def dialling(self, peer: str) -> None:
         """The operator dials `peer` itself (e.g. `connect(addr)`): its link counts as ours."""
@@ -192,7 +202,7 @@ class Membership:
     def lost(self, peer: str) -> list[Decision]:
         """A dial or a greeting came to nothing: forget the candidate, try another."""
         self._pending.discard(peer)
-        self._pool.pop(peer, None)
+        self._forget(peer)
         return self._fill()
 
     # ------------------------------------------------------------------ connections
@@ -223,7 +233,7 @@ class Membership:
             return []
         self._greeted.pop(peer, None)
         self._pending.discard(peer)
-        self._pool.pop(peer, None)
+        self._forget(peer)
         if status.full and not status.lists_us:
             return [*self._unlink(peer), *self._fill()]
         neighbour = self._neighbours.get(peer)
@@ -269,7 +279,7 @@ class Membership:
         if peer == self.local_id:
             return []
         self._cooldown[peer] = self._round + 1 + self.rules.cooldown_rounds
-        self._pool.pop(peer, None)
+        self._forget(peer)
         self._pending.discard(peer)
         if peer in self._neighbours:
             self._condemned[peer] = evidence
@@ -294,6 +304,8 @@ class Membership:
             if self._rewires_left <= 0:
                 break
             evidence = self._condemned.pop(peer)
+            if peer not in self._neighbours:  # it left or unlinked us meanwhile: nothing to evict
+                continue
             self._rewires_left -= 1
             del self._neighbours[peer]
             reason = f"{evidence.kind.value}: {evidence.reason}"
