@@ -210,8 +210,6 @@ class Bristle:
     far_from_update: bool = True
     # each kept candidate's clipping radius × its standing on our own validation (`evidence.standing`)
     evidence_radius: bool = True
-    # ... or its mixing weight × its standing instead
-    evidence_weight: bool = False
     new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
     newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
     newcomer_cap: float = 0.5  # ... and get at most this share of a mix with established peers
@@ -272,8 +270,6 @@ class Bristle:
         mh = np.concatenate([[mh.sum() - mh_kept.sum()], mh_kept])
         weights = mix_weights(mh, perf, rep[kept], self.newcomer_below, self.newcomer_cap)
         weights = cap_weights(weights, self.max_boost * inp.mixing_weights[1 + kept].astype(np.float64))
-        if self.evidence_weight and unit is not None:  # the weight a candidate's standing does not earn stays with us
-            weights = np.concatenate([[1.0 - (weights[1:] * grant).sum()], weights[1:] * grant])
         radius = self.clip_factor * scale if scale > 0 else np.inf
         if unit is not None:
             radius = min(radius, self.bound_factor * unit)
