@@ -11,8 +11,12 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
    pull back; dissensus (He, Karimireddy & Jaggi, 2022), which pushes each peer away from consensus, does
    not. No neighbour sets u or û.
 2. **Distance prioritizer** (cheap, O(n·d)). Rank candidates by ‖x_j − x_i‖; keep the `keep` nearest, except
-   those beyond `far_factor` × the lower-median distance; then draw `explore` of the rest at random, so
-   that a useful but different (non-IID) peer is not starved. Everyone else is DROPPED ("far").
+   those beyond `far_factor` × min(the lower-median distance, `bound_factor` · u); then draw `explore` of
+   the rest at random, so that a useful but different (non-IID) peer is not starved. Everyone else is
+   DROPPED ("far"). The u term is new in session 10 (`far_from_update`): where most neighbours are
+   Byzantine (3 of 4 on a sparse graph) the lower median is one of theirs, so sign-flipped vectors, ~2‖x‖
+   away, set their own limit and all counted as near. Honest neighbours that trained from about where we
+   started sit within about √2 · u, well inside 4 · 2u, so an attack-free step is unchanged.
 3. **Performance integrator** (one `evaluate` call on [own, *kept] stacked). Per class c, over the
    informative classes (those present in our validation split: some model scores strictly between 0 and
    1), the candidate's Δ_jc = score_jc − ref_c, where ref_c = min(our score, the typical score (the
@@ -33,8 +37,15 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
    reputation cost). For scores that are minus a loss, both margins are relative to our own loss. The
    others get a performance weight 1 + `boost` · mean_c max(0, Δ_jc), capped at `max_boost`: candidates
    that are better where we are weak count more (Bristle's per-class view).
-4. **Mix.** x_i ← x_i + Σ_j w_j · clip(x_j − x_i, τ) over the kept, with τ = `clip_factor` × the
-   lower-median candidate distance (self-centred clipping, as in ClippedGossip): near candidates are
+4. **Mix.** x_i ← x_i + Σ_j w_j · clip(x_j − x_i, g_j · τ) over the kept, with τ = `clip_factor` × the
+   lower-median candidate distance (self-centred clipping, as in ClippedGossip) and g_j ∈ [0, 1] the
+   candidate's standing on our own validation (`evidence.standing`, session 10, `evidence_radius`):
+   1 + (its mean drop from min(our score, the anchor's)) / `floor_margin`, clipped. A candidate at least
+   as good as where we started this round gets the whole radius, one `floor_margin` below gets none
+   (step 3 drops it). Before, every kept candidate got the whole radius, so three sign-flipped
+   neighbours that validation kept (just inside the floor, while the typical score they set was low)
+   each pulled a full 2u per step. g_j comes from our own scores only, so it grows only with evidence
+   from this peer, never with a statistic of the neighbours. Near candidates are
    untouched, so without attack this is the convex mix Σ_j w_j x_j over [self, *kept]; a far candidate
    that exploration and validation let through (dissensus, which sits opposite the consensus, scores
    *well* on our own split) moves us by at most w_j · τ. The kept candidates share their total Metropolis-Hastings
@@ -54,12 +65,14 @@ sparse graph) they could widen τ at will, and a neighbour whose trust and valid
 take any share of the Metropolis-Hastings mass. Now, when the round's own evidence is there
 (`DefenceInput.anchor` and `.trained`: u_i = ‖our local update this round‖),
 
-    τ_i = min(clip_factor · lower-median distance,  bound_factor · u_i)      and      w_ij ≤ max_boost · m_ij,
+    τ_ij = g_j · min(clip_factor · lower-median distance,  bound_factor · u_i),   0 ≤ g_j ≤ 1,
+    and   w_ij ≤ max_boost · m_ij,
 
 with m_ij the Metropolis-Hastings weight (the excess stays with us). Whatever the neighbours send, then:
 
 - one gossip step moves x_i by at most (1 − m_ii) · bound_factor · u_i, however many neighbours lie;
-- a single neighbour j's own pull is at most max_boost · m_ij · bound_factor · u_i;
+- a single neighbour j's own pull is at most max_boost · m_ij · g_j · bound_factor · u_i, with g_j its
+  standing on our own validation (so a neighbour worse on our data than where we started pulls less);
 - so, against the vector x_i would reach had j sent nothing, j moves x_i by at most
   B_ij = 2 · (1 − m_ii) · bound_factor · u_i.
 
@@ -83,7 +96,7 @@ import numpy.typing as npt
 from p2pfed.robust import reasons
 from p2pfed.robust._common import result, screen
 from p2pfed.robust.base import DefenceInput, Evaluator
-from p2pfed.robust.evidence import integrate
+from p2pfed.robust.evidence import integrate, standing
 from p2pfed.robust.mixing import (
     cap_weights,
     clipped_mix,
@@ -108,16 +121,17 @@ def prioritize(
     far_factor: float,
     rng: np.random.Generator | None,
     groups: Indices | None = None,
+    most: float = np.inf,
 ) -> tuple[Indices, Indices]:
-    """(kept, dropped) indices: the `keep` nearest within `far_factor` × lower-median distance, plus
-    `explore` random others when `rng` is given. With `groups` (a label per candidate, see
-    `duplicate_groups`), a group of near-duplicates takes one of the `keep` places, so that colluders
-    sending copies of one vector near us cannot crowd honest neighbours out."""
+    """(kept, dropped) indices: the `keep` nearest within `far_factor` × the lower-median distance (or
+    × `most`, if smaller), plus `explore` random others when `rng` is given. With `groups` (a label per
+    candidate, see `duplicate_groups`), a group of near-duplicates takes one of the `keep` places, so that
+    colluders sending copies of one vector near us cannot crowd honest neighbours out."""
     n = distances.size
     if n == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
     order = np.argsort(distances, kind="stable")
-    scale = distances[order[(n - 1) // 2]]
+    scale = min(float(distances[order[(n - 1) // 2]]), most)
     limit = far_factor * scale if scale > 0 else np.inf
     labels = np.arange(n) if groups is None else groups
     admitted: set[int] = set()
@@ -192,6 +206,10 @@ class Bristle:
     anchor_reference: bool = True
     # ... and the floor (`floor_margin`) is measured from min(our score, the anchor's), not from ours alone
     floor_from_anchor: bool = True
+    # the far limit's scale is at most bound_factor × u: a majority of far neighbours cannot widen it
+    far_from_update: bool = True
+    # each kept candidate's clipping radius × its standing on our own validation (`evidence.standing`)
+    evidence_radius: bool = True
     new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
     newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
     newcomer_cap: float = 0.5  # ... and get at most this share of a mix with established peers
@@ -218,18 +236,21 @@ class Bristle:
         distances = np.sqrt(np.diag(gram))
         rng = inp.rng if inp.evaluate is not None else None
         scale = lower_median(distances)
+        unit = own_unit(inp)
+        most = self.bound_factor * unit if self.far_from_update and unit is not None else np.inf
         groups = duplicate_groups(gram, self.duplicate_factor * scale)
-        near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng, groups)
+        near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng, groups, most)
         for i, dist in zip(candidates[far].tolist(), distances[far].tolist(), strict=True):
             ratio = dist / scale if scale > 0 else 0.0
             verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=ratio, reason=reasons.FAR)
 
         perf = np.ones(near.size)
         mean_delta = np.zeros(near.size)
+        grant = np.ones(near.size)
         if inp.evaluate is not None and near.size:
             kept = candidates[near]
-            anchor = inp.anchor if self.anchor_reference and own_unit(inp) is not None else None
-            worse, harmful, perf, mean_delta = self._evaluate(
+            anchor = inp.anchor if self.anchor_reference and unit is not None else None
+            worse, harmful, perf, mean_delta, grant = self._evaluate(
                 inp.evaluate, inp.own, inp.received, kept, anchor
             )
             for i, d, h in zip(
@@ -240,7 +261,7 @@ class Bristle:
             ):
                 reason = reasons.HARMFUL if h else reasons.WORSE
                 verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=d, reason=reason)
-            near, perf, mean_delta = near[~worse], perf[~worse], mean_delta[~worse]
+            near, perf, mean_delta, grant = near[~worse], perf[~worse], mean_delta[~worse], grant[~worse]
         kept = candidates[near]
 
         mh = inp.mixing_weights.astype(np.float64)
@@ -250,11 +271,14 @@ class Bristle:
         weights = mix_weights(mh, perf, rep[kept], self.newcomer_below, self.newcomer_cap)
         weights = cap_weights(weights, self.max_boost * inp.mixing_weights[1 + kept].astype(np.float64))
         radius = self.clip_factor * scale if scale > 0 else np.inf
-        if (unit := own_unit(inp)) is not None:
+        if unit is not None:
             radius = min(radius, self.bound_factor * unit)
         offset_weights = np.zeros(candidates.size)  # 0 for the candidates not kept
         offset_weights[near] = weights[1:]
-        mixed = clipped_mix(inp.own, offsets, distances, offset_weights, radius)
+        radii = np.full(candidates.size, radius)
+        if self.evidence_radius and unit is not None:
+            radii[near] = radius * grant
+        mixed = clipped_mix(inp.own, offsets, distances, offset_weights, radii)
         for i, w, d in zip(kept.tolist(), weights[1:].tolist(), mean_delta.tolist(), strict=True):
             verdicts[i] = Verdict(inp.senders[i], Outcome.KEPT, weight=w, score=d)
         if log.isEnabledFor(logging.DEBUG):
@@ -286,7 +310,9 @@ class Bristle:
         received: FloatMatrix,
         kept: Indices,
         anchor: FloatVector | None = None,
-    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats]:
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats, Floats]:
+        """integrate()'s (worse, harmful, performance weight, evidence score) and standing()'s grant
+        for the `kept` rows of `received`, from one `evaluate` call on [own, *kept, anchor?]."""
         extra = 0 if anchor is None else 1
         stacked = np.empty((1 + kept.size + extra, own.size), dtype=np.float32)  # [own, *kept, anchor?]
         stacked[0] = own
@@ -300,7 +326,9 @@ class Bristle:
         baseline = None
         if anchor is not None:
             scores, baseline = scores[:-1], scores[-1]
-        return integrate(
+        start = baseline if self.floor_from_anchor else None
+        grant = standing(scores, floor_margin=self.floor_margin, baseline=start)
+        return *integrate(
             scores,
             baseline=baseline,
             floor_from_anchor=self.floor_from_anchor,
@@ -311,4 +339,4 @@ class Bristle:
             harm_factor=self.harm_factor,
             boost=self.boost,
             max_boost=self.max_boost,
-        )
+        ), grant

@@ -108,3 +108,26 @@ def harm_threshold(mean_delta: Floats, harm_margin: float, harm_factor: float) -
     centre = float(np.median(finite))
     spread = 1.4826 * float(np.median(np.abs(finite - centre)))
     return min(centre, 0.0) - max(harm_margin, harm_factor * spread)
+
+
+def standing(
+    scores: FloatMatrix, *, floor_margin: float, baseline: FloatVector | None = None
+) -> Floats:
+    """Per candidate, in [0, 1]: how much of the clipping radius our own evidence grants it.
+
+    From (1 + k, c) scores of [own, *candidates]: 1 + (mean drop from min(our score, the anchor's)) /
+    `floor_margin`, clipped to [0, 1]. A candidate at least as good as where we stand (or started this
+    round) on our own split gets the full radius; one `floor_margin` below gets none (`integrate` drops
+    it). Only our scores and the anchor's set the bar, never a statistic of the neighbours, so a
+    Byzantine majority cannot raise its own standing by lowering the typical model. A non-finite score
+    counts as no standing."""
+    raw = np.asarray(scores, dtype=np.float64)
+    informative = informative_classes(raw)
+    s = np.where(np.isnan(raw[:, informative]), -np.inf, raw[:, informative])
+    floor = s[0]
+    if baseline is not None:
+        start = np.asarray(baseline, dtype=np.float64)[informative]
+        floor = np.where(np.isfinite(start), np.fmin(floor, start), floor)
+    with np.errstate(all="ignore"):  # -inf - -inf, inf / x: no standing either (NaN -> 0 below)
+        grant = 1.0 + (s[1:] - floor).mean(axis=1) / (floor_margin * loss_scale(s[0]))
+    return np.clip(np.where(np.isnan(grant), 0.0, grant), 0.0, 1.0)

@@ -36,10 +36,10 @@ def clipped_mix(
     offsets: npt.NDArray[np.floating],
     norms: Floats,
     weights: Floats,
-    radius: float,
+    radius: float | Floats,
 ) -> FloatVector:
-    """own + Σ_j w_j · clip(x_j − own, radius), clip(v, r) = v · min(1, r / ‖v‖), with `offsets` the
-    x_j − own and `norms` their lengths: self-centred clipping (He, Karimireddy & Jaggi, 2022) of
+    """own + Σ_j w_j · clip(x_j − own, r_j), clip(v, r) = v · min(1, r / ‖v‖), with `offsets` the
+    x_j − own, `norms` their lengths and `radius` one r for all or one per row: self-centred clipping (He, Karimireddy & Jaggi, 2022) of
     what the candidates pull us by. With `weights` summing to at most 1 and no clipping this is the
     plain convex mix (1 − Σw)·own + Σ w_j x_j; a row with weight 0 does not count."""
     if offsets.shape[0] == 0:
