@@ -251,10 +251,12 @@ async def _simulate(
     if sample is not None:  # rounds were scored on a sample: the last one again on the full set
         honest = [p for p in peers if not p.byzantine]
         recorder.rescore_last(honest, model.evaluate_many(np.stack([p.vector for p in honest])) if honest else [])
-    if scheduler is not None:
-        log.info("scheduler: %s", scheduler.stats)
     wall = time.perf_counter() - started
     summary = recorder.summary(wall, majority_baseline(model))
+    summary["eval_sample"] = None if sample is None else len(sample)
+    if scheduler is not None:
+        log.info("scheduler: %s", scheduler.stats)
+        summary["batches"] = dataclasses.asdict(scheduler.stats)
     if out is not None:
         _write_run_dir(out, cfg, recorder, summary, peers, model)
     return SimResult(summary=summary, rows=recorder.rows, out=out, vectors=[p.vector for p in peers])

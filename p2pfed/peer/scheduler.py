@@ -18,6 +18,7 @@ same vectors run after run (tests/test_sim_scheduler.py).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,6 +59,8 @@ class BatchStats:
     eval_batches: int = 0
     eval_jobs: int = 0
     largest: int = 0
+    train_seconds: float = 0.0  # wall time inside batched training
+    eval_seconds: float = 0.0
 
 
 class ComputeScheduler:
@@ -106,16 +109,19 @@ class ComputeScheduler:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
+            started = time.perf_counter()
             if self._train:
                 batch, self._train = self._train, []
                 await self._run_batch(batch, _train_batch)
                 self.stats.train_batches += 1
                 self.stats.train_jobs += len(batch)
+                self.stats.train_seconds += time.perf_counter() - started
             else:
                 batch, self._eval = self._eval, []
                 await self._run_batch(batch, _evaluate_batch)
                 self.stats.eval_batches += 1
                 self.stats.eval_jobs += len(batch)
+                self.stats.eval_seconds += time.perf_counter() - started
             self.stats.largest = max(self.stats.largest, len(batch))
 
     async def _run_batch(self, batch: list[_Request], work: Callable[[list[_Request]], list[Any]]) -> None:
