@@ -167,7 +167,9 @@ def sim(
         _print_table(run_processes(cfg, out).summary)
         click.echo(f"run directory: {out}  (metrics.jsonl, summary.json, peer-NN/ node directories)")
         return
-    bar = tqdm(total=peers * rounds, unit="peer-round", desc="simulating", dynamic_ncols=True)
+    # smoothing=0: the ETA from the mean rate since the start; a batched round finishes all its peers at
+    # once, and the default (recent rate) extrapolated the first peer of a round to hours
+    bar = tqdm(total=peers * rounds, unit="peer-round", desc="simulating", dynamic_ncols=True, smoothing=0)
 
     def progress(done: int, total: int, status: str) -> None:
         bar.update(done - bar.n)

@@ -250,6 +250,8 @@ async def _simulate(
 
     if sample is not None:  # rounds were scored on a sample: the last one again on the full set
         honest = [p for p in peers if not p.byzantine]
+        if progress is not None:
+            progress(recorder.done, recorder.done, f"scoring {len(honest)} final vectors on the full test set")
         recorder.rescore_last(honest, model.evaluate_many(np.stack([p.vector for p in honest])) if honest else [])
     wall = time.perf_counter() - started
     summary = recorder.summary(wall, majority_baseline(model))
