@@ -1,6 +1,7 @@
 """Is gossip nearly free, and is the frozen base shared? Two ratios measured side by side in one run.
 
     python benchmarks/bench_sim.py [--peers 8] [--rounds 3] [--local-steps 10]
+    python benchmarks/bench_sim.py --batched 16 64 256 [--rounds 1] [--per-peer-max 64]
 
 1. Throughput, in peer-steps per second (peers × rounds × K / wall time, model load and evaluation excluded):
    - `plain peft loop`: one peer, a textbook training loop — HF model + peft LoRA on the same layers, the same
@@ -14,6 +15,13 @@
    2+N-peer simulation run (each in a fresh process), the difference divided by N, next to the size of the
    base model's weights (what a peer would cost if the frozen base were copied).
 ρ = 0 everywhere, so that a step is one forward/backward in all setups (SAM would double every setup alike).
+
+With `--batched N...` it measures instead, for each N, the whole simulation (training, Q=4 gossip steps
+of signed envelopes, D-PSGD mixing; no evaluation) in peer-steps per second, side by side in one run:
+   - `per-peer`: every peer's local training its own `LocalModel.train` call, peers taking turns;
+   - `batched`: the sim's scheduler, every waiting peer's training in one `train_many` call (the default);
+at the default ρ (SAM, two passes a step). Per-peer cost does not grow with N, so above `--per-peer-max`
+peers it is not run again and the ratio uses the per-peer rate of the largest N it ran at (marked *).
 """
 
 from __future__ import annotations
@@ -36,16 +44,43 @@ from p2pfed.peer.topology import fit_degree  # noqa: E402
 from p2pfed.sims.simulate import SimConfig, run_simulation  # noqa: E402
 
 
-def sim_config(peers: int, rounds: int, steps: int, cache: bool) -> SimConfig:
+def sim_config(
+    peers: int, rounds: int, steps: int, cache: bool, *, batched: bool = True, rho: float = 0.0
+) -> SimConfig:
     return SimConfig(
         peers=peers,
         degree=fit_degree(peers),
         evaluate_every=0,
         defence="mean",  # D-PSGD mixing: what is measured is the cost of gossip, not of a defence
         save_adapters=False,
-        gossip=GossipConfig(rounds=rounds, local_steps=steps, gossip_steps=4, rho=0.0),
+        batched=batched,
+        gossip=GossipConfig(rounds=rounds, local_steps=steps, gossip_steps=4, rho=rho),
         learn=LearnConfig(feature_cache=cache),
     )
+
+
+def batched_against_per_peer(counts: list[int], rounds: int, steps: int, per_peer_max: int) -> None:
+    """Whole-simulation peer-steps/s, per-peer and batched, at every peer count (see the docstring)."""
+    model = TaskModel.load(LearnConfig())
+    rho = GossipConfig.rho
+    print(f"simulation throughput, K={steps}, Q=4, ρ={rho}, {rounds} round(s), peer-steps/s (wall)")
+    print(f"  {'peers':>6}{'per-peer':>12}{'batched':>12}{'ratio':>9}")
+    per_peer, figures = 0.0, {}
+    for n in counts:
+        measured = n <= per_peer_max or per_peer == 0.0
+        if measured:
+            per_peer = run_rate(sim_config(n, rounds, steps, True, batched=False, rho=rho), model)
+        batched = run_rate(sim_config(n, rounds, steps, True, rho=rho), model)
+        mark = "" if measured else "*"
+        print(f"  {n:>6}{per_peer:>11.2f}{mark:1}{batched:>12.2f}{batched / per_peer:>8.2f}×", flush=True)
+        figures[n] = {"per_peer": per_peer, "per_peer_measured": measured, "batched": batched}
+    print(json.dumps(figures))
+
+
+def run_rate(cfg: SimConfig, model: TaskModel) -> float:
+    started = time.perf_counter()
+    run_simulation(cfg, model=model)
+    return cfg.peers * cfg.gossip.rounds * cfg.gossip.local_steps / (time.perf_counter() - started)
 
 
 def sim_steps_per_second(cfg: SimConfig) -> float:
@@ -127,7 +162,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--memory-peers", type=int, default=14, help="extra peers for the memory measurement")
+    parser.add_argument("--batched", type=int, nargs="+", metavar="N", default=None,
+                        help="measure batched against per-peer simulation at these peer counts instead")
+    parser.add_argument("--per-peer-max", type=int, default=64,
+                        help="with --batched: largest peer count the per-peer path is run at")
     args = parser.parse_args()
+    if args.batched:
+        batched_against_per_peer(args.batched, args.rounds, args.local_steps, args.per_peer_max)
+        return
 
     steps = args.peers * args.rounds * args.local_steps
     plain = plain_peft_steps_per_second(steps, LearnConfig())

@@ -202,7 +202,7 @@ class Cell:
 
 # SimConfig fields added after grids were first run: hashed only when they differ from these values, so
 # that a grid run before they existed keeps its cell ids (and resumes instead of starting again)
-_HASHED_UNLESS = {"placement": "random", "membership": "static"}
+_HASHED_UNLESS: dict[str, object] = {"placement": "random", "membership": "static", "batched": True, "eval_sample": 0}
 
 
 def cell_id(cfg: SimConfig) -> str:

@@ -41,6 +41,7 @@ from p2pfed.net.transport import Transport
 from p2pfed.peer.byzantine import Attacker
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
+from p2pfed.peer.scheduler import ComputeScheduler
 from p2pfed.peer.topology import DEFAULT_DEGREE, LiveNeighbours, build_topology
 from p2pfed.robust.base import Defence
 from p2pfed.robust.registry import DEFAULT_DEFENCE, load_defence
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 TRANSPORTS = ("memory", "libp2p")
 MEMBERSHIPS = ("static", "sampling")
+SAMPLE_FROM = 64  # peers from which rounds are evaluated on a test sample by default
+EVAL_SAMPLE = 200  # its rows: ±3.5 points per peer, the honest mean over hundreds of peers far tighter
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,12 @@ class SimConfig:
     delay: float = 0.0  # memory transport: seconds per message
     drop: float = 0.0  # memory transport: probability a message is lost
     save_adapters: bool = True
+    # every waiting peer's local training and evaluation in one stacked call (p2pfed.peer.scheduler);
+    # False: each peer's own call in a worker thread, peers taking turns (the daemon's path)
+    batched: bool = True
+    # test rows each peer is evaluated on after a round: 0 = the full test set up to SAMPLE_FROM peers and
+    # EVAL_SAMPLE rows above; the final round is always scored on the full set
+    eval_sample: int = 0
     gossip: GossipConfig = field(default_factory=GossipConfig)
     learn: LearnConfig = field(default_factory=LearnConfig)  # its `run` is the contract of the simulated run
 
@@ -193,6 +202,8 @@ async def _simulate(
     collusion = Collusion() if byzantine else None
 
     compute = trio.CapacityLimiter(1)  # one torch job at a time: the shared model is not thread-safe
+    scheduler = ComputeScheduler(compute) if cfg.batched else None
+    sample = eval_sample_of(cfg, len(model.test_labels))
     schema = Schema.from_tensors({TENSOR: np.zeros(model.dim, dtype=np.float32)})
     run_digest = run_contract(cfg, model).digest()
     initial = model.initial_vector()
@@ -211,7 +222,7 @@ async def _simulate(
                 poison_rng = np.random.default_rng([cfg.seed, i, Seed.LABEL_POISON])
                 poisoned = behaviour.poison_labels(true, model.num_classes, poison_rng)
                 labels = None if poisoned is true else poisoned
-            local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels)
+            local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels, test_sample=sample)
             neighbours: Mapping[str, int] = {ids[j]: len(adjacency[j]) for j in adjacency[i]}
             gate: dict[str, Any] = {}
             if network is not None and network.membership is not None:
@@ -238,6 +249,7 @@ async def _simulate(
                     on_round=recorder.record,
                     evaluate_every=cfg.evaluate_every,
                     **gate,
+                    run_blocking=None if scheduler is None else scheduler.runner(i),
                 )
             )
         return peers
@@ -246,17 +258,26 @@ async def _simulate(
         config = Libp2pConfig(run_digest=run_digest, max_neighbours=max(MAX_NEIGHBOURS, cfg.peers - 1))
         async with loopback_transports(identities, config, timeout_s=60 + cfg.peers) as hosts:
             peers = wire(list(hosts))
-            await _run_peers(peers, cfg.gossip.rounds)
+            await _run_peers(peers, cfg.gossip.rounds, scheduler)
     else:
         assert network is not None
         peers = wire([network.add(ids[i], [ids[j] for j in adjacency[i]]) for i in range(cfg.peers)])
         async with trio.open_nursery() as nursery:
             await nursery.start(network.run)
-            await _run_peers(peers, cfg.gossip.rounds)
+            await _run_peers(peers, cfg.gossip.rounds, scheduler)
             nursery.cancel_scope.cancel()
 
+    if sample is not None:  # rounds were scored on a sample: the last one again on the full set
+        honest = [p for p in peers if not p.byzantine]
+        if progress is not None:
+            progress(recorder.done, recorder.done, f"scoring {len(honest)} final vectors on the full test set")
+        recorder.rescore_last(honest, model.evaluate_many(np.stack([p.vector for p in honest])) if honest else [])
     wall = time.perf_counter() - started
     summary = recorder.summary(wall, majority_baseline(model))
+    summary["eval_sample"] = None if sample is None else len(sample)
+    if scheduler is not None:
+        log.info("scheduler: %s", scheduler.stats)
+        summary["batches"] = dataclasses.asdict(scheduler.stats)
     if out is not None:
         _write_run_dir(out, cfg, recorder, summary, peers, model)
     return SimResult(summary=summary, rows=recorder.rows, out=out, vectors=[p.vector for p in peers])
@@ -299,10 +320,24 @@ class _GatedPeer(Peer):
         self.network.round_finished(self.peer_id, rnd, evidence)
 
 
-async def _run_peers(peers: list[Peer], rounds: int) -> None:
-    async with trio.open_nursery() as nursery:
-        for peer in peers:
-            nursery.start_soon(lambda p=peer: p.run(rounds=rounds))
+async def _run_peers(peers: list[Peer], rounds: int, scheduler: ComputeScheduler | None = None) -> None:
+    async with trio.open_nursery() as outer:
+        if scheduler is not None:
+            outer.start_soon(scheduler.serve)
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(lambda p=peer: p.run(rounds=rounds))
+        outer.cancel_scope.cancel()
+
+
+def eval_sample_of(cfg: SimConfig, test_rows: int) -> np.ndarray | None:
+    """The fixed test positions every peer is scored on after a round (drawn once from the seed), or
+    None for the full test set (see SimConfig.eval_sample)."""
+    size = cfg.eval_sample or (EVAL_SAMPLE if cfg.peers > SAMPLE_FROM else 0)
+    if size <= 0 or size >= test_rows:
+        return None
+    rng = np.random.default_rng([cfg.seed, Seed.EVAL_SAMPLE, 1])
+    return np.sort(rng.choice(test_rows, size=size, replace=False)).astype(np.int64)
 
 
 def majority_baseline(model: TaskModel) -> float | None:
@@ -359,7 +394,9 @@ class _Recorder:
     def _status(self) -> str:
         if not self.curve:
             return ""
-        return f"round {self.curve[-1]['round']} acc {self.curve[-1]['honest_accuracy_mean']:.3f}"
+        last = self.curve[-1]
+        rounds = self.cfg.gossip.rounds
+        return f"round {last['round'] + 1}/{rounds} acc {last['honest_accuracy_mean']:.3f}"
 
     def _close_round(self, rnd: int, reports: list[RoundReport]) -> None:
         reports = sorted(reports, key=lambda r: r.index)  # arrival order varies; float sums must not
@@ -439,6 +476,26 @@ class _Recorder:
             "rewires_per_peer_round_mean": round(float(np.mean(rewires)), 4) if rewires else 0.0,
             "rewires_per_peer_round_max": int(max(rewires, default=0)),
         }
+
+    def rescore_last(self, honest: list[Peer], results: list[Any]) -> None:
+        """Replace the last round's sampled accuracies with the final vectors' on the full test set."""
+        if not self.curve or not honest:
+            return
+        last = self.curve[-1]["round"]
+        if last != self.cfg.gossip.rounds - 1:  # the final vectors were not evaluated in the last round
+            return
+        by_index = {p.index: r for p, r in zip(honest, results, strict=True)}
+        for row in self.rows:
+            if row["round"] == last and row["peer"] in by_index:
+                row["accuracy"], row["loss"] = by_index[row["peer"]].accuracy, by_index[row["peer"]].loss
+        accuracies = [r.accuracy for r in results]
+        self.curve[-1].update(
+            honest_accuracy_mean=float(np.mean(accuracies)),
+            honest_accuracy_std=float(np.std(accuracies)),
+            honest_accuracy_min=float(np.min(accuracies)),
+            honest_accuracy_max=float(np.max(accuracies)),
+            full_test_set=True,
+        )
 
     def summary(self, wall: float, majority_baseline: float | None = None) -> dict[str, Any]:
         final = self.curve[-1] if self.curve else {}

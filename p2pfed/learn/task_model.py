@@ -53,6 +53,7 @@ transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 EVAL_BATCH = 128  # rows per no-grad forward in evaluate/score
+EVAL_CANDIDATES = 32  # vectors per stacked pass in evaluate_many: 32 x 128 rows keep activations ~25 MB
 # candidate-independent tensors score() keeps across calls (~3 MB per 45 trec rows): the first
 # peers' validation rows fit, later ones are recomputed each call
 PREPARED_BUDGET = 64 * 2**20
@@ -349,6 +350,10 @@ class TaskModel:
     ) -> EvalResult:
         """Accuracy, loss and per-class F1 on pool rows `indices`, or on the global test set if None."""
         rows = self._test if indices is None else self._pool[np.asarray(indices, dtype=np.int64)]
+        return self._evaluate_rows(vector, rows)
+
+    def _evaluate_rows(self, vector: FloatVector, rows: npt.NDArray[np.int64]) -> EvalResult:
+        """evaluate() on data rows `rows` (pool or test), one forward of the shared model."""
         with self._lock:
             self._schema.load(vector)
             with torch.inference_mode():
@@ -366,6 +371,27 @@ class TaskModel:
             loss=loss,
             per_class_f1=per_class_f1(predicted, true, self.num_classes),
         )
+
+    def evaluate_many(
+        self, vectors: FloatMatrix, sample: npt.NDArray[np.int64] | None = None
+    ) -> list[EvalResult]:
+        """`evaluate` of every (m, d) vector on the global test set, or on the test positions `sample`;
+        one stacked pass per EVAL_CANDIDATES vectors when the model allows it (batched_score.py), else
+        one evaluate() each. Equal to evaluate() up to float rounding."""
+        vectors = np.atleast_2d(vectors)
+        rows = self._test if sample is None else self._test[np.asarray(sample, dtype=np.int64)]
+        if self._batched is None or len(rows) == 0:
+            return [self._evaluate_rows(v, rows) for v in vectors]
+        true = self._data.labels[rows]
+        results = []
+        for start in range(0, len(vectors), EVAL_CANDIDATES):
+            for out in self._rows_logits(vectors[start : start + EVAL_CANDIDATES], rows):
+                logits = torch.from_numpy(out)
+                loss = float(F.cross_entropy(logits, torch.from_numpy(true)))
+                predicted = out.argmax(-1)
+                f1 = per_class_f1(predicted, true, self.num_classes)
+                results.append(EvalResult(float(np.mean(predicted == true)), loss, f1))
+        return results
 
     def logits(
         self, vector: FloatVector, indices: npt.NDArray[np.int64] | None = None
@@ -401,8 +427,12 @@ class TaskModel:
         given; equal to logits() of each candidate up to float rounding."""
         if self.kind != "classification":
             raise ValueError("candidate_logits() is for classification tasks")
-        vectors = np.atleast_2d(vectors)
-        rows = self._pool[np.asarray(indices, dtype=np.int64)]
+        return self._rows_logits(np.atleast_2d(vectors), self._pool[np.asarray(indices, dtype=np.int64)])
+
+    def _rows_logits(
+        self, vectors: FloatMatrix, rows: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        """candidate_logits on data rows `rows` (pool or test), in the order given."""
         if len(rows) == 0:
             return np.zeros((len(vectors), 0, self.num_classes), dtype=np.float32)
         with self._lock, torch.inference_mode():

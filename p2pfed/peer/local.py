@@ -23,6 +23,9 @@ class LocalModel:
     val_indices: npt.NDArray[np.int64]
     gossip: GossipConfig
     labels: npt.NDArray[np.int64] | None = None  # overrides the true training labels (label-flip attacks)
+    # positions into the global test set that evaluate() scores on; None = all of it. A simulation of
+    # many peers evaluates each round on a fixed sample and on the full set only at the end.
+    test_sample: npt.NDArray[np.int64] | None = None
 
     def train(self, vector: FloatVector, rng: np.random.Generator) -> tuple[FloatVector, float]:
         return self.model.train(
@@ -40,4 +43,6 @@ class LocalModel:
         return self.model.score(vectors, self.val_indices)
 
     def evaluate(self, vector: FloatVector) -> EvalResult:
-        return self.model.evaluate(vector)
+        if self.test_sample is None:
+            return self.model.evaluate(vector)
+        return self.model.evaluate_many(vector[None], self.test_sample)[0]
