@@ -72,12 +72,19 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--processes", is_flag=True,
               help="With --transport libp2p: one `p2pfed join` OS process per peer (honest peers only); "
                    f"they link as join does (each to every peer it finds, up to {MAX_NEIGHBOURS}), not by --topology.")
+@click.option("--ray", "ray_address", metavar="ADDRESS|auto", default=None,
+              help="Spread the peers over Ray actors (one frozen base model and a batch of peers each) on the "
+                   "cluster at ADDRESS (HEAD_IP:6379 from `ray start --head`), or 'auto': the cluster this "
+                   "machine is in, else a new local one. Needs the extra: pip install 'p2pfed[ray]'.")
+@click.option("--ray-actors", type=int, default=None,
+              help="With --ray: how many actors. [default: one per CPU of the cluster]")
 def sim(
     peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, logit_adjust: float,
     topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
     placement: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
-    seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool,
+    seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool, ray_address: str | None,
+    ray_actors: int | None,
 ) -> None:
     """Simulate a p2pfed network of N peers in this process.
 
@@ -88,6 +95,8 @@ def sim(
     """
     from p2pfed.sims.simulate import SimConfig, placement_of, run_simulation, validate
 
+    if ray_address is not None:
+        _check_ray_options(transport, processes, drop)
     if processes:
         if transport != "libp2p":
             raise click.BadParameter("--processes needs --transport libp2p")
@@ -169,10 +178,29 @@ def sim(
 
     model_obj = TaskModel.load(cfg.learn, progress=lambda message: bar.set_description_str(message))
     bar.set_description_str("simulating")
-    result = run_simulation(cfg, out=out, model=model_obj, progress=progress, transport=transport)
+    if ray_address is not None:
+        from p2pfed.sims.ray_sim import run_on_ray
+
+        bar.set_description_str(f"simulating on Ray ({ray_address})")
+        result = run_on_ray(cfg, ray_address, out=out, model=model_obj, progress=progress, actors=ray_actors)
+    else:
+        result = run_simulation(cfg, out=out, model=model_obj, progress=progress, transport=transport)
     bar.close()
     _print_table(result.summary)
     click.echo(f"run directory: {out}  (accuracy.png, metrics.jsonl, summary.json, adapters/)")
+
+
+def _check_ray_options(transport: str, processes: bool, drop: float) -> None:
+    """--ray runs the in-process memory simulation's peers on Ray actors: fail early on what it cannot do."""
+    from p2pfed.sims.ray_cluster import require_ray
+
+    if transport != "memory" or processes:
+        raise click.BadParameter("--ray spreads the in-memory simulation over Ray actors: drop --transport "
+                                 "and --processes", param_hint="--ray")
+    if drop:
+        raise click.BadParameter("--drop is simulated by the in-process memory transport only: drop --ray or "
+                                 "--drop", param_hint="--drop")
+    require_ray()
 
 
 def _print_table(summary: dict) -> None:  # type: ignore[type-arg]
