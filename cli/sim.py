@@ -29,6 +29,9 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--logit-adjust", default=GossipConfig.logit_adjust, show_default=True,
               help="τ: train on logits + τ·log(local label frequencies), so a skewed shard does not push "
                    "down the classes it lacks (non-IID); 0 = plain cross-entropy.")
+@click.option("--step-timeout", default=GossipConfig.step_timeout, show_default=True,
+              help="Seconds a peer waits for its neighbours in one gossip step; an update later than that is "
+                   "'missing' from the step's mix, so two runs of a seed agree exactly only if no step timed out.")
 @click.option("--topology", type=click.Choice(TOPOLOGIES), default="regular", show_default=True,
               help="Communication graph.")
 @click.option("--degree", type=int, default=None,
@@ -80,6 +83,7 @@ from p2pfed.sims.placement import PLACEMENTS
               help="With --ray: how many actors. [default: one per CPU of the cluster]")
 def sim(
     peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, logit_adjust: float,
+    step_timeout: float,
     topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
     placement: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
@@ -138,7 +142,7 @@ def sim(
         save_adapters=not no_adapters,
         gossip=GossipConfig(
             rounds=rounds, local_steps=local_steps, gossip_steps=gossip_steps, rho=rho, lr=lr,
-            logit_adjust=logit_adjust,
+            logit_adjust=logit_adjust, step_timeout=step_timeout,
         ),
         learn=LearnConfig(
             run=RunManifest(
