@@ -157,7 +157,6 @@ def run_on_ray(
     for report in reports:
         recorder.record(report)
     result = finish_run(cfg, recorder, [p for o in outcomes for p in o.peers], model, out, time.perf_counter() - started)
-    result.summary["ray_actors"] = len(batches)
     if progress is not None:
         progress(len(reports), len(reports), recorder._status())
     return result
@@ -169,18 +168,20 @@ def _run_batches(
     """Start one actor per batch, wire them to each other, run them all, and return what they send back."""
     actor_class = ray.remote(num_cpus=1, max_concurrency=DELIVERY_THREADS, concurrency_groups={"run": 1})(PeerBatch)
     handles = [actor_class.remote(cfg, batch) for batch in batches]
+    total = cfg.peers * cfg.gossip.rounds
+    if progress is not None:
+        progress(0, total, f"starting {len(handles)} actors (each loads the base model)")
     try:
         ray.get([h.ready.remote() for h in handles])  # every base model loaded before any peer starts
         ids = [identity.peer_id for identity in peer_identities(cfg)]
         routes = {ids[i]: handle for handle, batch in zip(handles, batches, strict=True) for i in batch}
         ray.get([h.route.remote(routes) for h in handles])
         runs = [h.run.options(concurrency_group="run").remote() for h in handles]
-        total = cfg.peers * cfg.gossip.rounds
         pending = runs
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
             if progress is not None and pending:
-                progress(sum(ray.get([h.done.remote() for h in handles])), total, "")
+                progress(sum(ray.get([h.done.remote() for h in handles])), total, f"{len(handles)} actors running")
         outcomes: list[BatchOutcome] = ray.get(runs)
         return outcomes
     finally:

@@ -23,7 +23,8 @@ def tiny(**changes: object) -> SimConfig:
         peers=5,
         degree=2,
         learn=LearnConfig(run=RunManifest(seed=3)),
-        gossip=GossipConfig(rounds=2, local_steps=2, gossip_steps=2),
+        # a generous deadline: an update that misses it is 'missing' and the run then depends on timing
+        gossip=GossipConfig(rounds=2, local_steps=2, gossip_steps=2, step_timeout=600.0),
         save_adapters=False,
     )
     return SimConfig(**{**base.__dict__, **changes})  # type: ignore[arg-type]
@@ -78,8 +79,8 @@ def test_ray_actors_end_with_the_in_process_vectors(local_cluster: None) -> None
         reference = run_simulation(cfg, model=model)
     finally:
         torch.set_num_threads(threads)
+    assert all("missing" not in r["outcomes"] for r in reference.rows)
     spread = run_on_ray(cfg, "auto", model=model, actors=2)
-    assert spread.summary["ray_actors"] == 2
     assert len(spread.vectors) == cfg.peers
     for ours, theirs in zip(reference.vectors, spread.vectors, strict=True):
         assert np.array_equal(ours, theirs)
