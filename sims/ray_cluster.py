@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,7 +45,9 @@ def ray_cluster(address: str) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    handlers = _python_handlers()
     _connect(ray, address)
+    _reinstall(handlers)
     try:
         yield ray
     finally:
@@ -69,6 +73,20 @@ def _connect(ray: Any, address: str) -> None:
             f"cannot reach a Ray cluster at {address!r} ({exc}); start one with `ray start --head` on its "
             "head machine and pass the address it prints, or use --ray auto for a cluster on this machine"
         ) from None
+
+
+def _python_handlers() -> dict[int, Any]:
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _reinstall(handlers: dict[int, Any]) -> None:
+    """ray.init puts its own native handler on SIGTERM (it dumps a stack and aborts the process, exit 134):
+    put back ours, so that SIGTERM stops a grid as Ctrl-C does, cells recorded and a clean exit."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def cluster_cpus(ray: Any) -> int:
