@@ -37,6 +37,9 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--logit-adjust", default=GossipConfig.logit_adjust, show_default=True,
               help="τ: train on logits + τ·log(local label frequencies), so a skewed shard does not push "
                    "down the classes it lacks (non-IID); 0 = plain cross-entropy.")
+@click.option("--step-timeout", default=GossipConfig.step_timeout, show_default=True,
+              help="Seconds a peer waits for its neighbours in one gossip step; an update later than that is "
+                   "'missing' from the step's mix, so two runs of a seed agree exactly only if no step timed out.")
 @click.option("--topology", type=click.Choice(TOPOLOGIES), default="regular", show_default=True,
               help="Communication graph.")
 @click.option("--degree", type=int, default=None,
@@ -91,13 +94,20 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--per-peer", is_flag=True,
               help="Train and evaluate each peer on its own, in turn, instead of all waiting peers in one "
                    "stacked computation (slower; the same results to float rounding).")
+@click.option("--ray", "ray_address", metavar="ADDRESS|auto", default=None,
+              help="Spread the peers over Ray actors (one frozen base model and a batch of peers each) on the "
+                   "cluster at ADDRESS (HEAD_IP:6379 from `ray start --head`), or 'auto': the cluster this "
+                   "machine is in, else a new local one. Needs the extra: pip install 'p2pfed[ray]'.")
+@click.option("--ray-actors", type=int, default=None,
+              help="With --ray: how many actors. [default: one per CPU of the cluster]")
 def sim(
     peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, lr_schedule: str,
-    lr_final: float, restore_update: float, logit_adjust: float, topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
+    lr_final: float, restore_update: float, logit_adjust: float, step_timeout: float,
+    topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
     placement: str, membership: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
     seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool, eval_sample: int,
-    per_peer: bool,
+    per_peer: bool, ray_address: str | None, ray_actors: int | None,
 ) -> None:
     """Simulate a p2pfed network of N peers in this process.
 
@@ -108,6 +118,8 @@ def sim(
     """
     from p2pfed.sims.simulate import SimConfig, placement_of, run_simulation, validate
 
+    if ray_address is not None:
+        _check_ray_options(transport, processes, drop)
     if processes:
         if transport != "libp2p":
             raise click.BadParameter("--processes needs --transport libp2p")
@@ -153,6 +165,7 @@ def sim(
         gossip=GossipConfig(
             rounds=rounds, local_steps=local_steps, gossip_steps=gossip_steps, rho=rho, lr=lr,
             lr_schedule=lr_schedule, lr_final=lr_final, restore_update=restore_update, logit_adjust=logit_adjust,
+            step_timeout=step_timeout,
         ),
         learn=LearnConfig(
             run=RunManifest(
@@ -194,10 +207,29 @@ def sim(
 
     model_obj = TaskModel.load(cfg.learn, progress=lambda message: bar.set_description_str(message))
     bar.set_description_str("simulating")
-    result = run_simulation(cfg, out=out, model=model_obj, progress=progress, transport=transport)
+    if ray_address is not None:
+        from p2pfed.sims.ray_sim import run_on_ray
+
+        bar.set_description_str(f"simulating on Ray ({ray_address})")
+        result = run_on_ray(cfg, ray_address, out=out, model=model_obj, progress=progress, actors=ray_actors)
+    else:
+        result = run_simulation(cfg, out=out, model=model_obj, progress=progress, transport=transport)
     bar.close()
     _print_table(result.summary)
     click.echo(f"run directory: {out}  (accuracy.png, metrics.jsonl, summary.json, adapters/)")
+
+
+def _check_ray_options(transport: str, processes: bool, drop: float) -> None:
+    """--ray runs the in-process memory simulation's peers on Ray actors: fail early on what it cannot do."""
+    from p2pfed.sims.ray_cluster import require_ray
+
+    if transport != "memory" or processes:
+        raise click.BadParameter("--ray spreads the in-memory simulation over Ray actors: drop --transport "
+                                 "and --processes", param_hint="--ray")
+    if drop:
+        raise click.BadParameter("--drop is simulated by the in-process memory transport only: drop --ray or "
+                                 "--drop", param_hint="--drop")
+    require_ray()
 
 
 def _print_table(summary: dict) -> None:  # type: ignore[type-arg]

@@ -92,11 +92,13 @@ def run_grid(
     progress: bool = True,
     keep_runs: bool = False,
     report: bool = True,
+    ray_address: str | None = None,
 ) -> GridResult:
     """Run every cell of `cfg` that has no "ok" row in `out/results.jsonl` yet, then write the report.
 
     Every cell's options are checked first (`check_cells`): one that cannot run stops the grid before
-    anything starts, with the list of every such cell. A failing cell is recorded with its error and the grid goes on; an interrupt (Ctrl-C) stops the
+    anything starts, with the list of every such cell. With `ray_address` ("auto" or a cluster address)
+    the cells run as Ray tasks on that cluster (`ray_grid`) instead of local worker processes. A failing cell is recorded with its error and the grid goes on; an interrupt (Ctrl-C) stops the
     workers and propagates, leaving every finished cell recorded for the next run.
     """
     started = time.perf_counter()
@@ -135,7 +137,11 @@ def run_grid(
         bar.set_postfix_str(status + (f" ({failures} failed)" if failures else ""))
 
     with bar, logging_redirect_tqdm(), ResultsLog(results) as sink:
-        if workers == 1:
+        if ray_address is not None:
+            from p2pfed.sims.ray_grid import run_cells_on_ray
+
+            run_cells_on_ray(todo, runner, ray_address, record)
+        elif workers == 1:
             for cell in todo:
                 record(cell, _execute(runner, cell))
         else:

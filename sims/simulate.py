@@ -18,10 +18,10 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import trio
@@ -183,76 +183,25 @@ async def _simulate(
     started: float,
     transport: str = "memory",
 ) -> SimResult:
-    rng = partition_rng(cfg.seed)
-    shards = partition(
-        model.train_labels, cfg.peers, cfg.partition, alpha=cfg.alpha, classes_per_peer=cfg.classes_per_peer, rng=rng
-    )
     adjacency = topology_of(cfg)
-    identities = [Identity.for_peer(cfg.seed, i) for i in range(cfg.peers)]
+    identities = peer_identities(cfg)
     ids = [identity.peer_id for identity in identities]
     placement = placement_of(cfg)
-    byzantine = placement.byzantine
     if cfg.placement == "eclipse":
-        log.info("eclipse placement: %d Byzantine peers surround honest peers %s", len(byzantine), placement.victims)
-    behaviours: dict[int, Behaviour] = {}
-    if byzantine:
-        group = load_behaviour(cfg.attack, count=len(byzantine), **cfg.attack_params)
-        behaviours = dict(zip(byzantine, group, strict=True))
-    colluders = frozenset(ids[i] for i in byzantine)
-    collusion = Collusion() if byzantine else None
-
+        log.info("eclipse placement: %d Byzantine peers surround honest peers %s", len(placement.byzantine),
+                 placement.victims)
     compute = trio.CapacityLimiter(1)  # one torch job at a time: the shared model is not thread-safe
     scheduler = ComputeScheduler(compute) if cfg.batched else None
     sample = eval_sample_of(cfg, len(model.test_labels))
-    schema = Schema.from_tensors({TENSOR: np.zeros(model.dim, dtype=np.float32)})
     run_digest = run_contract(cfg, model).digest()
-    initial = model.initial_vector()
     network = _memory_network(cfg, ids, adjacency, placement) if transport == "memory" else None
-    recorder = _Recorder(cfg, ids, placement, byzantine_shares(adjacency, byzantine), progress, network)
+    recorder = make_recorder(cfg, progress, network)
 
     def wire(transports: list[Transport]) -> list[Peer]:
-        """The same Peer wiring whatever the transport."""
-        peers: list[Peer] = []
-        for i in range(cfg.peers):
-            train_idx, val_idx = split_validation(shards[i], cfg.val_fraction, validation_rng(cfg.seed, i))
-            behaviour = behaviours.get(i)
-            labels = None
-            if behaviour is not None:
-                true = model.train_labels[train_idx]
-                poison_rng = np.random.default_rng([cfg.seed, i, Seed.LABEL_POISON])
-                poisoned = behaviour.poison_labels(true, model.num_classes, poison_rng)
-                labels = None if poisoned is true else poisoned
-            local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels, test_sample=sample)
-            neighbours: Mapping[str, int] = {ids[j]: len(adjacency[j]) for j in adjacency[i]}
-            gate: dict[str, Any] = {}
-            if network is not None and network.membership is not None:
-                neighbours = LiveNeighbours(transports[i].neighbour_degrees)  # type: ignore[attr-defined]
-                gate = {"network": network}
-            peers.append(
-                (_GatedPeer if gate else Peer)(
-                    index=i,
-                    identity=identities[i],
-                    transport=transports[i],
-                    local=local,
-                    run_digest=run_digest,
-                    schema=schema,
-                    neighbour_degrees=neighbours,
-                    gossip=cfg.gossip,
-                    defence=make_defence(cfg, colluders),
-                    initial=initial,
-                    seed=cfg.seed,
-                    compute=compute,
-                    behaviour=None if behaviour is None else Attacker(
-                        behaviour, gossip_steps=cfg.gossip.gossip_steps, colluders=colluders, collusion=collusion
-                    ),
-                    reputation=ReputationTable(),
-                    on_round=recorder.record,
-                    evaluate_every=cfg.evaluate_every,
-                    **gate,
-                    run_blocking=None if scheduler is None else scheduler.runner(i),
-                )
-            )
-        return peers
+        return build_peers(
+            cfg, model, dict(enumerate(transports)), on_round=recorder.record, compute=compute,
+            test_sample=sample, network=network, scheduler=scheduler,
+        )
 
     if transport == "libp2p":  # real hosts on 127.0.0.1, meshed; each Peer still talks to its topology only
         config = Libp2pConfig(run_digest=run_digest, max_neighbours=max(MAX_NEIGHBOURS, cfg.peers - 1))
@@ -272,12 +221,32 @@ async def _simulate(
         if progress is not None:
             progress(recorder.done, recorder.done, f"scoring {len(honest)} final vectors on the full test set")
         recorder.rescore_last(honest, model.evaluate_many(np.stack([p.vector for p in honest])) if honest else [])
-    wall = time.perf_counter() - started
-    summary = recorder.summary(wall, majority_baseline(model))
-    summary["eval_sample"] = None if sample is None else len(sample)
+    extra: dict[str, Any] = {"eval_sample": None if sample is None else len(sample)}
     if scheduler is not None:
         log.info("scheduler: %s", scheduler.stats)
-        summary["batches"] = dataclasses.asdict(scheduler.stats)
+        extra["batches"] = dataclasses.asdict(scheduler.stats)
+    return finish_run(cfg, recorder, peers, model, out, time.perf_counter() - started, extra)
+
+
+class FinishedPeer(Protocol):
+    """What the run directory keeps of a peer: a `Peer`, or its final state sent back by a Ray actor."""
+
+    index: int
+    vector: np.ndarray
+    reputation: ReputationTable
+
+    @property
+    def byzantine(self) -> bool: ...
+
+
+def finish_run(
+    cfg: SimConfig, recorder: _Recorder, peers: Sequence[FinishedPeer], model: TaskModel, out: Path | None,
+    wall: float, extra: Mapping[str, Any] | None = None,
+) -> SimResult:
+    """The summary of a finished run, written to `out` (if given) with every peer's final state."""
+    peers = sorted(peers, key=lambda p: p.index)
+    summary = recorder.summary(wall, majority_baseline(model))
+    summary.update(extra or {})
     if out is not None:
         _write_run_dir(out, cfg, recorder, summary, peers, model)
     return SimResult(summary=summary, rows=recorder.rows, out=out, vectors=[p.vector for p in peers])
@@ -338,6 +307,95 @@ def eval_sample_of(cfg: SimConfig, test_rows: int) -> np.ndarray | None:
         return None
     rng = np.random.default_rng([cfg.seed, Seed.EVAL_SAMPLE, 1])
     return np.sort(rng.choice(test_rows, size=size, replace=False)).astype(np.int64)
+
+
+def peer_identities(cfg: SimConfig) -> list[Identity]:
+    return [Identity.for_peer(cfg.seed, i) for i in range(cfg.peers)]
+
+
+def make_recorder(
+    cfg: SimConfig, progress: Callable[[int, int, str], None] | None = None, network: MemoryNetwork | None = None
+) -> _Recorder:
+    """What turns every peer's round reports into the run's rows, curve and summary (with sampling
+    membership, `network` tells it each round's neighbours and rewires)."""
+    placement = placement_of(cfg)
+    return _Recorder(cfg, [i.peer_id for i in peer_identities(cfg)], placement,
+                     byzantine_shares(topology_of(cfg), placement.byzantine), progress, network)
+
+
+def build_peers(
+    cfg: SimConfig,
+    model: TaskModel,
+    transports: Mapping[int, Transport],
+    *,
+    on_round: Callable[[RoundReport], None],
+    compute: trio.CapacityLimiter,
+    test_sample: np.ndarray | None = None,
+    network: MemoryNetwork | None = None,
+    scheduler: ComputeScheduler | None = None,
+) -> list[Peer]:
+    """The Peers of the indices in `transports`, wired the same way whatever the transport and whichever
+    process builds them (all peers here; a batch of them on each Ray actor with `--ray`): every peer's
+    data, defence, attack and neighbours follow from the seed alone. The Byzantine peers among them share
+    one `Collusion` board, so colluders must be built together."""
+    shards = partition(
+        model.train_labels, cfg.peers, cfg.partition, alpha=cfg.alpha, classes_per_peer=cfg.classes_per_peer,
+        rng=partition_rng(cfg.seed),
+    )
+    adjacency = topology_of(cfg)
+    identities = peer_identities(cfg)
+    ids = [identity.peer_id for identity in identities]
+    byzantine = placement_of(cfg).byzantine
+    behaviours: dict[int, Behaviour] = {}
+    if byzantine:
+        group = load_behaviour(cfg.attack, count=len(byzantine), **cfg.attack_params)
+        behaviours = dict(zip(byzantine, group, strict=True))
+    colluders = frozenset(ids[i] for i in byzantine)
+    collusion = Collusion() if byzantine else None
+    schema = Schema.from_tensors({TENSOR: np.zeros(model.dim, dtype=np.float32)})
+    run_digest = run_contract(cfg, model).digest()
+    initial = model.initial_vector()
+    peers: list[Peer] = []
+    for i, transport in transports.items():
+        train_idx, val_idx = split_validation(shards[i], cfg.val_fraction, validation_rng(cfg.seed, i))
+        behaviour = behaviours.get(i)
+        labels = None
+        if behaviour is not None:
+            true = model.train_labels[train_idx]
+            poison_rng = np.random.default_rng([cfg.seed, i, Seed.LABEL_POISON])
+            poisoned = behaviour.poison_labels(true, model.num_classes, poison_rng)
+            labels = None if poisoned is true else poisoned
+        local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels, test_sample=test_sample)
+        neighbours: Mapping[str, int] = {ids[j]: len(adjacency[j]) for j in adjacency[i]}
+        gate: dict[str, Any] = {}
+        if network is not None and network.membership is not None:  # sampling: neighbours change per round
+            neighbours = LiveNeighbours(transport.neighbour_degrees)  # type: ignore[attr-defined]
+            gate = {"network": network}
+        peers.append(
+            (_GatedPeer if gate else Peer)(
+                index=i,
+                identity=identities[i],
+                transport=transport,
+                local=local,
+                run_digest=run_digest,
+                schema=schema,
+                neighbour_degrees=neighbours,
+                gossip=cfg.gossip,
+                defence=make_defence(cfg, colluders),
+                initial=initial,
+                seed=cfg.seed,
+                compute=compute,
+                behaviour=None if behaviour is None else Attacker(
+                    behaviour, gossip_steps=cfg.gossip.gossip_steps, colluders=colluders, collusion=collusion
+                ),
+                reputation=ReputationTable(),
+                on_round=on_round,
+                evaluate_every=cfg.evaluate_every,
+                run_blocking=None if scheduler is None else scheduler.runner(i),
+                **gate,
+            )
+        )
+    return peers
 
 
 def majority_baseline(model: TaskModel) -> float | None:
@@ -531,7 +589,8 @@ class _Recorder:
 
 
 def _write_run_dir(
-    out: Path, cfg: SimConfig, recorder: _Recorder, summary: dict[str, Any], peers: list[Peer], model: TaskModel
+    out: Path, cfg: SimConfig, recorder: _Recorder, summary: dict[str, Any], peers: Sequence[FinishedPeer],
+    model: TaskModel,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())

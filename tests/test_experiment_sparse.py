@@ -37,9 +37,11 @@ def test_the_sparse_preset_compares_static_and_sampling_membership_from_the_same
 
 
 def test_a_grid_without_sampling_keeps_its_cell_ids() -> None:
-    """Cells hash `membership` only when it is not static: a grid run before it existed resumes."""
+    """Cells hash `membership` (and the other later fields) only when not at their old default: a grid run
+    before they existed resumes."""
     cell = ExperimentConfig(grid=Grid(attacks=("none",), defences=("mean",))).cells()[0]
-    fields = {k: v for k, v in cell.config.to_dict().items() if k not in ("placement", "membership")}
+    later = ("placement", "membership", "batched", "eval_sample")
+    fields = {k: v for k, v in cell.config.to_dict().items() if k not in later}
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     assert cell.id == hashlib.sha256(b"p2pfed-cell:" + canonical.encode()).hexdigest()[:16]
     sampled = ExperimentConfig(grid=Grid(attacks=("none",), defences=("mean+sampling",))).cells()[0]
