@@ -184,6 +184,9 @@ async def _simulate(
     run_digest = run_contract(cfg, model).digest()
     initial = model.initial_vector()
     recorder = _Recorder(cfg, ids, placement, byzantine_shares(adjacency, byzantine), progress)
+    if model.kind == "instruction":  # round 0: the base model itself (every adapter starts at B = 0)
+        base = model.evaluate(initial)
+        recorder.base = language_metrics(base.loss, base.accuracy)
 
     def wire(transports: list[Transport]) -> list[Peer]:
         """The same Peer wiring whatever the transport."""
@@ -240,6 +243,8 @@ async def _simulate(
     summary = recorder.summary(wall, majority_baseline(model))
     if out is not None:
         _write_run_dir(out, cfg, recorder, summary, peers, model)
+        if model.kind == "instruction":
+            write_samples(out / "samples.jsonl", model, initial, peers)
     return SimResult(summary=summary, rows=recorder.rows, out=out, vectors=[p.vector for p in peers])
 
 
@@ -247,6 +252,41 @@ async def _run_peers(peers: list[Peer], rounds: int) -> None:
     async with trio.open_nursery() as nursery:
         for peer in peers:
             nursery.start_soon(lambda p=peer: p.run(rounds=rounds))
+
+
+SAMPLE_PROMPTS = 8  # held-out test prompts answered in samples.jsonl
+
+
+def language_metrics(loss: float, token_accuracy: float) -> dict[str, float]:
+    """Held-out response loss, its perplexity exp(loss) and next-token accuracy, rounded for reading."""
+    return {
+        "loss": round(loss, 4),
+        "perplexity": round(float(np.exp(loss)), 3),
+        "token_accuracy": round(token_accuracy, 4),
+    }
+
+
+def write_samples(path: Path, model: TaskModel, initial: np.ndarray, peers: list[Peer]) -> None:
+    """Greedy answers to the first test prompts from the base model and from the first honest peer's
+    final adapter (adapters/peer-NN), next to the reference answers: one JSON object per prompt."""
+    honest = next((p for p in peers if not p.byzantine), None)
+    if honest is None:
+        return
+    conversations = model.test_conversations(SAMPLE_PROMPTS)
+    contexts = [c for c, _ in conversations]
+    base = model.generate(initial, contexts)
+    tuned = model.generate(honest.vector, contexts)
+    rows = [
+        {
+            "prompt": context[-1][1],
+            "reference": reference,
+            "base": b,
+            "adapter": t,
+            "adapter_dir": f"adapters/peer-{honest.index:02d}",
+        }
+        for (context, reference), b, t in zip(conversations, base, tuned, strict=True)
+    ]
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def majority_baseline(model: TaskModel) -> float | None:
@@ -285,6 +325,7 @@ class _Recorder:
         self.curve: list[dict[str, Any]] = []
         self.last: dict[int, RoundReport] = {}
         self.done = 0
+        self.base: dict[str, float] | None = None  # instruction data: the base model's test metrics
 
     def record(self, report: RoundReport) -> None:
         self.pending[report.round].append(report)
@@ -337,6 +378,10 @@ class _Recorder:
                     "consensus_distance": float(np.mean([np.linalg.norm(r.vector - mean) ** 2 for r in honest])),
                 }
             )
+            if self.base is not None:  # instruction data: accuracy is next-token accuracy, loss the response loss
+                perplexities = [float(np.exp(r.loss)) for r in honest if r.loss is not None]
+                self.curve[-1]["honest_perplexity_mean"] = float(np.mean(perplexities))
+                self.curve[-1]["honest_perplexity_max"] = float(np.max(perplexities))  # the worst honest peer
 
     def summary(self, wall: float, majority_baseline: float | None = None) -> dict[str, Any]:
         final = self.curve[-1] if self.curve else {}
@@ -357,6 +402,7 @@ class _Recorder:
                 "byzantine_share_max_peer": worst,
             },
             "curve": self.curve,
+            "base_model": self.base,  # instruction data: round 0, before any training
             "byzantine_peers": sorted(self.byzantine),
             "byzantine_peer_ids": [self.ids[i] for i in sorted(self.byzantine)],
             "placement": self.cfg.placement,
