@@ -137,7 +137,7 @@ def _load_chatterbot() -> TaskData:
     answer only, so that no test question also sits in the training pool with another answer. The
     `botprofile` and `conversations` files are small talk like the rest and are kept.
     """
-    import yaml
+    import yaml  # type: ignore[import-untyped]  # PyYAML ships no type stubs
 
     root = locate_package(*CHATTERBOT) / "data" / "english"
     files = sorted(root.glob("*.yml"))
