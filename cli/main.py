@@ -45,12 +45,13 @@ def main(verbose: int) -> None:
 
 def _register() -> None:
     from p2pfed.cli.experiment import experiment
+    from p2pfed.cli.llm import export, generate
     from p2pfed.cli.network import init, join, keygen, status
     from p2pfed.cli.sim import sim
 
     main.add_command(sim)
     main.add_command(experiment)
-    for command in (keygen, init, join, status):
+    for command in (keygen, init, join, status, generate, export):
         main.add_command(command)
 
 

@@ -54,9 +54,11 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--model", default=RunManifest.model, show_default=True,
               help="'minilm', 'smollm2', or the path of a local HuggingFace model directory.")
 @click.option("--task", default=RunManifest.task, show_default=True,
-              help="Built-in task ('sms-spam', 'trec').")
+              help="Built-in task: 'sms-spam', 'trec' (classification) or 'chatterbot' (instruction data: "
+                   "chat Q/A pairs in 21 topics, with --model smollm2).")
 @click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help='A .jsonl file of {"text","label"} or {"prompt","response"} rows instead of --task.')
+              help='A .jsonl file of {"text","label"} rows, or of {"prompt","response"} / {"messages": [...]} '
+                   'chat rows (with --model smollm2), instead of --task.')
 @click.option("--lora-mode", type=click.Choice(LORA_MODES), default=RunManifest.lora_mode, show_default=True,
               help="shared-a: A frozen and shared from the seed, train B (exact averaging); full: train A and B.")
 @click.option("--lora-rank", default=RunManifest.lora_rank, show_default=True)
@@ -216,7 +218,8 @@ def sim(
         result = run_simulation(cfg, out=out, model=model_obj, progress=progress, transport=transport)
     bar.close()
     _print_table(result.summary)
-    click.echo(f"run directory: {out}  (accuracy.png, metrics.jsonl, summary.json, adapters/)")
+    samples = ", samples.jsonl" if result.summary.get("base_model") else ""
+    click.echo(f"run directory: {out}  (accuracy.png, metrics.jsonl, summary.json, adapters/{samples})")
 
 
 def _check_ray_options(transport: str, processes: bool, drop: float) -> None:
@@ -241,6 +244,8 @@ def _print_table(summary: dict) -> None:  # type: ignore[type-arg]
             f"  {row['honest_accuracy_min']:>6.4f}  {row['consensus_distance']:>14.3e}"
         )
     final = summary["final"]
+    if summary.get("base_model"):
+        _print_language(summary)
     if summary["byzantine_peers"]:
         click.echo(f"Byzantine peers (excluded above): {summary['byzantine_peers']} ({summary['attack']})")
         if final.get("byzantine_share_max") is not None:
@@ -267,3 +272,16 @@ def _print_table(summary: dict) -> None:  # type: ignore[type-arg]
             f"warning: an honest peer ends below the majority-class baseline ({baseline:.4f}, always answering"
             " the most common class); see metrics.jsonl for which"
         )
+
+
+def _print_language(summary: dict) -> None:  # type: ignore[type-arg]
+    """Instruction data: held-out response perplexity of the base model and after every round."""
+    base = summary["base_model"]
+    click.echo("")
+    click.echo("held-out response perplexity (accuracy above is next-token accuracy on the answers):")
+    click.echo(f"{'round':>5}  {'honest mean':>11}  {'worst honest':>12}")
+    click.echo(f"{'base':>5}  {base['perplexity']:>11.2f}  {base['perplexity']:>12.2f}")
+    for row in summary["curve"]:
+        click.echo(f"{row['round'] + 1:>5}  {row['honest_perplexity_mean']:>11.2f}  {row['honest_perplexity_max']:>12.2f}")
+    last = summary["curve"][-1]["honest_perplexity_mean"] if summary["curve"] else base["perplexity"]
+    click.echo(f"perplexity {base['perplexity']:.2f} (base) -> {last:.2f} ({last / base['perplexity'] - 1:+.0%})")

@@ -23,7 +23,7 @@ from p2pfed.config import RunManifest, write_atomic
 from p2pfed.daemon.runfile import RunFile, create_manifest
 from p2pfed.daemon.status import read_metrics
 from p2pfed.errors import NetworkError
-from p2pfed.learn.data import load_task, split_test
+from p2pfed.learn.data import load_task, split_test, test_size_for
 from p2pfed.learn.partition import partition
 from p2pfed.peer.checkpoint import load_checkpoint
 from p2pfed.seeds import Seed, partition_rng
@@ -43,7 +43,7 @@ def export_shards(
     `eval_rows` keeps only that many test rows (stratified order is kept); `max_rows` caps each shard.
     """
     data = load_task(cfg.learn.source)
-    pool, test = split_test(data.labels, cfg.learn.test_size, cfg.seed)
+    pool, test = split_test(data.labels, test_size_for(data, cfg.learn), cfg.seed)
     rng = partition_rng(cfg.seed)
     shards = partition(
         data.labels[pool], cfg.peers, cfg.partition, alpha=cfg.alpha, classes_per_peer=cfg.classes_per_peer, rng=rng

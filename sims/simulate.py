@@ -196,6 +196,9 @@ async def _simulate(
     run_digest = run_contract(cfg, model).digest()
     network = _memory_network(cfg, ids, adjacency, placement) if transport == "memory" else None
     recorder = make_recorder(cfg, progress, network)
+    if model.kind == "instruction":  # round 0: the base model itself (every adapter starts at B = 0)
+        base = model.evaluate(model.initial_vector())
+        recorder.base = language_metrics(base.loss, base.accuracy)
 
     def wire(transports: list[Transport]) -> list[Peer]:
         return build_peers(
@@ -249,6 +252,8 @@ def finish_run(
     summary.update(extra or {})
     if out is not None:
         _write_run_dir(out, cfg, recorder, summary, peers, model)
+        if model.kind == "instruction":
+            write_samples(out / "samples.jsonl", model, model.initial_vector(), peers)
     return SimResult(summary=summary, rows=recorder.rows, out=out, vectors=[p.vector for p in peers])
 
 
@@ -398,6 +403,41 @@ def build_peers(
     return peers
 
 
+SAMPLE_PROMPTS = 8  # held-out test prompts answered in samples.jsonl
+
+
+def language_metrics(loss: float, token_accuracy: float) -> dict[str, float]:
+    """Held-out response loss, its perplexity exp(loss) and next-token accuracy, rounded for reading."""
+    return {
+        "loss": round(loss, 4),
+        "perplexity": round(float(np.exp(loss)), 3),
+        "token_accuracy": round(token_accuracy, 4),
+    }
+
+
+def write_samples(path: Path, model: TaskModel, initial: np.ndarray, peers: Sequence[FinishedPeer]) -> None:
+    """Greedy answers to the first test prompts from the base model and from the first honest peer's
+    final adapter (adapters/peer-NN), next to the reference answers: one JSON object per prompt."""
+    honest = next((p for p in peers if not p.byzantine), None)
+    if honest is None:
+        return
+    conversations = model.test_conversations(SAMPLE_PROMPTS)
+    contexts = [c for c, _ in conversations]
+    base = model.generate(initial, contexts)
+    tuned = model.generate(honest.vector, contexts)
+    rows = [
+        {
+            "prompt": context[-1][1],
+            "reference": reference,
+            "base": b,
+            "adapter": t,
+            "adapter_dir": f"adapters/peer-{honest.index:02d}",
+        }
+        for (context, reference), b, t in zip(conversations, base, tuned, strict=True)
+    ]
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
 def majority_baseline(model: TaskModel) -> float | None:
     """The accuracy of always answering the test set's most common class (None for instruction data)."""
     labels = model.test_labels
@@ -438,6 +478,7 @@ class _Recorder:
         self.curve: list[dict[str, Any]] = []
         self.last: dict[int, RoundReport] = {}
         self.done = 0
+        self.base: dict[str, float] | None = None  # instruction data: the base model's test metrics
 
     def record(self, report: RoundReport) -> None:
         self.pending[report.round].append(report)
@@ -497,6 +538,10 @@ class _Recorder:
                     "consensus_distance": float(np.mean([np.linalg.norm(r.vector - mean) ** 2 for r in honest])),
                 }
             )
+            if self.base is not None:  # instruction data: accuracy is next-token accuracy, loss the response loss
+                perplexities = [float(np.exp(r.loss)) for r in honest if r.loss is not None]
+                self.curve[-1]["honest_perplexity_mean"] = float(np.mean(perplexities))
+                self.curve[-1]["honest_perplexity_max"] = float(np.max(perplexities))  # the worst honest peer
 
     def _neighbourhood(self, rnd: int) -> tuple[list[float], list[tuple[int, int, int]]]:
         """Each peer's share of Byzantine neighbours in round `rnd`, and (evicted, added, removed) at its
@@ -575,6 +620,7 @@ class _Recorder:
                 "byzantine_share_max_peer": worst,
             },
             "curve": self.curve,
+            "base_model": self.base,  # instruction data: round 0, before any training
             "byzantine_peers": sorted(self.byzantine),
             "byzantine_peer_ids": [self.ids[i] for i in sorted(self.byzantine)],
             "placement": self.cfg.placement,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from p2pfed.errors import ConfigError
+from p2pfed.learn.chat import Context, render
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -159,25 +160,25 @@ class CausalBackbone:
     def _prompt(self, text: str) -> tuple[str, str]:
         return f"Text: {text}", f"\nCategory ({', '.join(self.label_names)}):"
 
-    def encode(
-        self, texts: tuple[str, ...], max_tokens: int, responses: tuple[str, ...] = ()
+    def encode(self, texts: tuple[str, ...], max_tokens: int) -> Encoded:
+        """Classification rows: the text, then the question naming the labels (scored by class_logits)."""
+        rows = []
+        for text in texts:
+            head, tail = (self._ids(s) for s in self._prompt(text))
+            rows.append(head[: max(1, max_tokens - len(tail))] + tail)
+        return Encoded([np.asarray(r, dtype=np.int64) for r in rows], np.zeros(len(rows), np.int64))
+
+    def encode_chat(
+        self, contexts: tuple[Context, ...], answers: tuple[str, ...], max_tokens: int
     ) -> Encoded:
-        rows, prompt_lens = [], []
-        eos = self.tokenizer.eos_token_id
-        for i, text in enumerate(texts):
-            if responses:
-                prompt = self._ids(f"Question: {text}\nAnswer:")
-                response = [*self._ids(" " + responses[i]), eos]
-                keep = min(len(response), max(max_tokens // 2, max_tokens - len(prompt)))
-                response = response[:keep]
-                prompt = prompt[-(max_tokens - keep) :]
-                prompt_lens.append(len(prompt))
-                rows.append(prompt + response)
-            else:
-                head, tail = (self._ids(s) for s in self._prompt(text))
-                rows.append(head[: max(1, max_tokens - len(tail))] + tail)
-                prompt_lens.append(0)
-        return Encoded([np.asarray(r, dtype=np.int64) for r in rows], np.asarray(prompt_lens))
+        """Instruction rows in the model's chat template; prompt_lens marks where each answer starts."""
+        rendered = [
+            render(self.tokenizer, c, a, max_tokens) for c, a in zip(contexts, answers, strict=True)
+        ]
+        return Encoded(
+            [np.asarray(ids, dtype=np.int64) for ids, _ in rendered],
+            np.asarray([n for _, n in rendered], dtype=np.int64),
+        )
 
     def _run(self, hidden: torch.Tensor, mask: torch.Tensor, layers: range) -> torch.Tensor:
         position_ids = torch.arange(hidden.shape[1]).unsqueeze(0)  # rows are right-padded
@@ -206,14 +207,22 @@ class CausalBackbone:
         return self.model.lm_head(self._base.norm(last))[:, self.label_tokens]
 
     def response_losses(self, top: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token LM loss and hit (argmax == target) on the response tokens of every row, concatenated."""
-        positions = torch.arange(top.shape[1]).unsqueeze(0)
-        # position p predicts token p+1; the response starts at prompt_len
-        use = (positions >= batch.prompt_lens.unsqueeze(1) - 1) & (
-            positions < batch.lengths.unsqueeze(1) - 1
-        )
-        rows, cols = use.nonzero(as_tuple=True)
+        """Per-token LM loss and hit (argmax == target) on the response tokens of every row, concatenated.
+
+        The LM head (576 x 49k, the largest matmul of a step) runs on those positions only."""
+        rows, cols = response_positions(batch.prompt_lens, batch.lengths, top.shape[1])
         logits = self.model.lm_head(self._base.norm(top[rows, cols]))
         targets = batch.ids[rows, cols + 1]
         losses = F.cross_entropy(logits, targets, reduction="none")
         return losses, (logits.argmax(-1) == targets)
+
+
+def response_positions(
+    prompt_lens: torch.Tensor, lengths: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every position whose next token is a response token: position p predicts p+1,
+    so a row's first predicting position is prompt_len - 1 and its last is length - 2."""
+    positions = torch.arange(width).unsqueeze(0)
+    use = (positions >= prompt_lens.unsqueeze(1) - 1) & (positions < lengths.unsqueeze(1) - 1)
+    rows, cols = use.nonzero(as_tuple=True)
+    return rows, cols

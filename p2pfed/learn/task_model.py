@@ -37,8 +37,10 @@ from p2pfed.learn.adapters import FlatSchema, attach_lora, lora_config, weight_d
 from p2pfed.learn.backbone import Batch, CausalBackbone, EncoderBackbone
 from p2pfed.learn.batched_score import BatchedScorer, PreparedRows
 from p2pfed.learn.batched_train import BatchedTrainer, TrainJob, draw_steps
+from p2pfed.learn.chat import Context, greedy_answer
 from p2pfed.learn.config import LearnConfig
-from p2pfed.learn.data import TaskData, append_eval, load_task, split_test
+from p2pfed.learn.data import TaskData, append_eval, load_task, split_test, test_size_for
+from p2pfed.learn.export import HEAD_FILE
 from p2pfed.learn.features import Features, build_features
 from p2pfed.learn.models import resolve_model
 from p2pfed.learn.train import make_optimizer, per_class_f1, per_class_f1_batch, sam_gradients
@@ -57,7 +59,6 @@ EVAL_CANDIDATES = 32  # vectors per stacked pass in evaluate_many: 32 x 128 rows
 # candidate-independent tensors score() keeps across calls (~3 MB per 45 trec rows): the first
 # peers' validation rows fit, later ones are recomputed each call
 PREPARED_BUDGET = 64 * 2**20
-HEAD_FILE = "p2pfed.json"  # run facts saved next to the peft adapter (labels, base hash, config)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class TaskModel:
         self._backbone = backbone
         self._features = features
         if test_rows is None:
-            self._pool, self._test = split_test(data.labels, cfg.test_size, cfg.run.seed)
+            self._pool, self._test = split_test(data.labels, test_size_for(data, cfg), cfg.run.seed)
         else:  # an explicit evaluation set (a daemon's --eval file)
             self._test = np.asarray(test_rows, dtype=np.int64)
             self._pool = np.setdiff1d(np.arange(len(data), dtype=np.int64), self._test)
@@ -164,8 +165,9 @@ class TaskModel:
             backbone.head_modules,
         )
         peft_model = attach_lora(model, config, run)
-        if isinstance(backbone, CausalBackbone):
-            encoded = backbone.encode(data.texts, run.max_tokens, data.responses)
+        if data.kind == "instruction":
+            assert isinstance(backbone, CausalBackbone)
+            encoded = backbone.encode_chat(data.contexts, data.responses, run.max_tokens)
         else:
             encoded = backbone.encode(data.texts, run.max_tokens)
         key = None
@@ -178,6 +180,7 @@ class TaskModel:
                 "kind": backbone.kind,
                 "max_tokens": run.max_tokens,
                 "labels": list(data.label_names),
+                "format": "chat" if data.kind == "instruction" else "plain",  # how rows are rendered
             }
         features = build_features(encoded, backbone, key=key, progress=progress)
         task_model = cls(cfg, data, backbone, peft_model, features, files.base_hash, test_rows)
@@ -496,6 +499,26 @@ class TaskModel:
                 self._schema.load(vector)
             yield
 
+    # -- generation (instruction data) ---------------------------------------------------------------
+
+    def test_conversations(self, count: int) -> list[tuple[Context, str]]:
+        """(context, reference answer) of the first `count` global test rows: fixed held-out prompts."""
+        if self.kind != "instruction":
+            raise ValueError("test_conversations() is for instruction tasks")
+        return [(self._data.contexts[i], self._data.responses[i]) for i in self._test[:count].tolist()]
+
+    def generate(
+        self, vector: FloatVector, contexts: Sequence[Context], *, max_new_tokens: int = 48
+    ) -> list[str]:
+        """Greedy answers of the full model with adapter `vector` (no feature cache: any prompt works)."""
+        with self._lock:
+            self._schema.load(vector)
+            tokenizer = self._backbone.tokenizer
+            return [
+                greedy_answer(self.peft_model, tokenizer, c, max_new_tokens=max_new_tokens)
+                for c in contexts
+            ]
+
     # -- export ----------------------------------------------------------------------------------
 
     def save_adapter(self, vector: FloatVector, directory: str | Path) -> None:
@@ -521,6 +544,11 @@ class TaskModel:
     @property
     def pool_size(self) -> int:
         return len(self._pool)
+
+    @property
+    def pool_rows(self) -> npt.NDArray[np.int64]:
+        """The task-data row of every pool index (what a benchmark outside p2pfed trains on)."""
+        return self._pool.copy()
 
     @property
     def test_labels(self) -> npt.NDArray[np.int64]:
