@@ -65,6 +65,7 @@ class NodeConfig:
     bootstrap: tuple[str, ...] = ()
     announce: tuple[str, ...] = ()  # addresses to tell other peers (a public IP behind 0.0.0.0)
     mdns: bool = False
+    dht: bool = True  # find the run's peers through the Kademlia DHT (provider record of the run digest)
     gossip: GossipConfig | None = None  # None: the run file's [gossip] table; Q, round window: the run's
     defence: str = DEFAULT_DEFENCE
     defence_params: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +134,7 @@ class Node:
                 bootstrap=cfg.bootstrap,
                 announce_addrs=cfg.announce,
                 enable_mdns=cfg.mdns,
+                enable_dht=cfg.dht,
                 max_neighbours=cfg.max_neighbours,
                 announce_interval_s=cfg.announce_interval_s,
             ),

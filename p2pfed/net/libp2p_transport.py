@@ -10,6 +10,7 @@ and bytes in flight are `libp2p_limits`'; this module only wires them in.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections import Counter
@@ -32,6 +33,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 
 from p2pfed.config import ANNOUNCE_INTERVAL_S, MAX_NEIGHBOURS, run_topic
 from p2pfed.net.framing import FrameError, read_frame_chunks
+from p2pfed.net.libp2p_dht import RunDirectory
 from p2pfed.net.libp2p_discovery import Discovery
 from p2pfed.net.libp2p_guards import ConnectionEvents, guarded, no_auto_connect, quietly
 from p2pfed.net.libp2p_limits import BytesInFlight, OpenStreams, capped, resource_manager
@@ -59,6 +61,11 @@ class Libp2pConfig:
     # addresses other peers should dial (e.g. a public IP when listening on 0.0.0.0); default: listen addrs
     announce_addrs: tuple[str, ...] = ()
     enable_mdns: bool = False
+    # Kademlia: provide the run digest and look up its providers (one bootstrap peer of any run will
+    # do). Off here so that tests and simulations keep the links they wire; the daemon turns it on.
+    enable_dht: bool = False
+    dht_interval_s: float = 10.0  # between lookups (sooner after a new connection)
+    dht_query_timeout_s: float = 15.0  # one provide or lookup
     max_frame_bytes: int = 64 * 1024 * 1024  # above any adapter of a supported model
     max_neighbours: int = MAX_NEIGHBOURS  # membership's target degree
     incoming_capacity: int = 256  # deliveries buffered for the Peer; beyond: dropped and counted
@@ -156,6 +163,20 @@ class Libp2pTransport:
             enable_mdns=config.enable_mdns,
         )
         self._members.greet = self._discovery.greet
+        self._directory = (
+            RunDirectory(
+                self._host,
+                config.run_digest,
+                self._members,
+                self.announced_addrs,
+                self.counters,
+                self._notify,
+                interval_s=config.dht_interval_s,
+                query_timeout_s=config.dht_query_timeout_s,
+            )
+            if config.enable_dht
+            else None
+        )
         # new_host is annotated with the interfaces (IHost, INetworkService); it builds a BasicHost
         # on a Swarm, whose internals the next lines patch
         network = cast(Swarm, self._host.get_network())
@@ -173,9 +194,7 @@ class Libp2pTransport:
         )
         for proto in GOSSIP_PROTOCOLS:
             self._host.set_stream_handler(proto, self._guarded_pubsub_handler)
-        network.register_notifee(
-            ConnectionEvents(self._discovery.on_connected, self._on_disconnected)
-        )
+        network.register_notifee(ConnectionEvents(self._on_connected, self._on_disconnected))
         send_in, self._incoming = trio.open_memory_channel[Delivery](config.incoming_capacity)
         self._incoming_in = send_in
         self._sender = UpdateSender(self._host, config, self._count)
@@ -289,12 +308,15 @@ class Libp2pTransport:
                     self._host.run(listen_addrs=self._listen),
                     background_trio_service(self._pubsub),
                     background_trio_service(self._gossipsub),
+                    self._dht_service(),
                 ):
                     await self._pubsub.wait_until_ready()
                     subscription = await self._pubsub.subscribe(self.topic)
                     async with trio.open_nursery() as nursery:
                         self._members.nursery = nursery
                         self._discovery.start(nursery, subscription)
+                        if self._directory is not None:
+                            nursery.start_soon(self._directory.run)
                         self._members.discovered(self._bootstrap_peers(), BOOTSTRAP)
                         self._started.set()
                         task_status.started()
@@ -380,6 +402,18 @@ class Libp2pTransport:
             log.debug("pubsub stream from %s failed: %r", stream.muxed_conn.peer_id, exc)
             await quietly(stream.reset)
             self._pubsub._handle_dead_peer(stream.muxed_conn.peer_id)
+
+    def _dht_service(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The DHT's service while the host runs (nothing when the DHT is off)."""
+        if self._directory is None:
+            return contextlib.nullcontext()
+        return background_trio_service(self._directory.dht)
+
+    def _on_connected(self, peer: str) -> None:
+        """A new connection: greet it, and let the DHT look again through it."""
+        self._discovery.on_connected(peer)
+        if self._directory is not None and len(self.neighbours()) < self.config.max_neighbours:
+            self._directory.kick()
 
     def _on_disconnected(self) -> None:
         """Free the slots of neighbours we no longer have any connection to (they rejoin by hello)."""
