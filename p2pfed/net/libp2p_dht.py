@@ -134,6 +134,8 @@ class RunDirectory:
             if peer == self.local_id:
                 continue
             addrs = tuple(
-                str(a) for a in info.addrs if "/ip4/0.0.0.0/" not in str(a) and "/ip6/::/" not in str(a)
+                str(a)
+                for a in info.addrs
+                if "/ip4/0.0.0.0/" not in str(a) and "/ip6/::/" not in str(a)
             )
             yield peer, addrs
