@@ -10,11 +10,16 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import numpy as np
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from p2pfed.daemon.metrics import NodeMetrics
 
 from p2pfed.net.libp2p_relay import RelayRules
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
+from p2pfed.peer.peer import RoundReport
 from p2pfed.wire import Identity
 
 pytestmark = pytest.mark.network
@@ -32,6 +37,19 @@ async def started(configs: Sequence[tuple[Identity, Libp2pConfig]]) -> AsyncIter
             await nursery.start(transport.run)
         yield transports
         nursery.cancel_scope.cancel()
+
+
+def relay_gauges(transport: Libp2pTransport) -> dict[str, float]:
+    """`p2pfed_relay{kind}` as a scrape of a node with this transport shows it after a round."""
+    report = RoundReport(
+        round=0, peer=transport.local_id, index=0, byzantine=False, vector=np.zeros(2, np.float32),
+        train_loss=0.5, accuracy=None, loss=None, bytes_sent=0, bytes_received=0, seconds=1.0,
+        outcomes={}, rejections={}, reputation={},
+    )
+    metrics = NodeMetrics()
+    metrics.observe(report, transport.neighbours(), transport.counters, transport.relay_use())
+    families = text_string_to_metric_families(metrics.text().decode())
+    return {s.labels["kind"]: s.value for f in families if f.name == "p2pfed_relay" for s in f.samples}
 
 
 def test_private_peers_train_through_a_relay_when_no_direct_path_is_tried() -> None:
@@ -61,6 +79,11 @@ def test_private_peers_train_through_a_relay_when_no_direct_path_is_tried() -> N
                 assert source.path_to(dest.local_id) == "relayed"  # the path that carried it
                 assert source.relay_use()["relayed_neighbours"] == 1
                 assert relay.relay_use()["circuits_served"] >= 1
+                # what an operator's scrape shows
+                assert relay_gauges(source) == {"relayed_neighbours": 1.0, "direct_neighbours": 1.0,
+                                                "reservations": 1.0, "circuits_served": 0.0,
+                                                "hole_punched": 0.0}
+                assert relay_gauges(relay)["circuits_served"] >= 1
 
     trio.run(main)
 
