@@ -310,8 +310,14 @@ class Node:
         degrees = self.transport.neighbour_degrees() if live else {
             pid: info["degree"] for pid, info in self.status.neighbours.items()
         }
+        old = self.status.neighbours
         self.status.neighbours = {
-            pid: {"reputation": round(self.peer.reputation.score(pid), 4), "degree": degree}
+            pid: {
+                "reputation": round(self.peer.reputation.score(pid), 4),
+                "degree": degree,
+                # direct, or relayed (circuit relay v2) when no direct path was found
+                "path": self.transport.path_to(pid) if live else old.get(pid, {}).get("path", "none"),
+            }
             for pid, degree in degrees.items()
         }
         self.status.transport = dict(self.transport.counters)
