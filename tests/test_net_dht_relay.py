@@ -16,7 +16,6 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from p2pfed.daemon.metrics import NodeMetrics
-
 from p2pfed.net.libp2p_relay import RelayRules
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
 from p2pfed.peer.peer import RoundReport
