@@ -51,19 +51,18 @@ def test_peers_given_only_another_runs_address_find_their_run_through_the_dht() 
             boot = (run_b[0].listen_addrs[0],)  # the only address run A's peers are given
             a_peers = [(Identity.for_peer(22, i), run_config(RUN_A, boot)) for i in range(3)]
             async with started(a_peers) as run_a:
-                with trio.fail_after(30):
+                with trio.fail_after(90):  # generous: CI machines are shared
                     for transport in run_a:
                         await transport.wait_neighbours(2)
-                    # the provider record itself: run A's key lists run A's peers, and no one else
-                    await run_a[0].wait_counter("dht_found")
                 a_ids = {t.local_id for t in run_a}
                 for transport in run_a:
                     assert set(transport.neighbours()) == a_ids - {transport.local_id}
                 assert set(run_b[0].neighbours()) == {run_b[1].local_id}  # run B keeps to itself
                 directory = run_a[0]._directory
                 assert directory is not None
-                with trio.fail_after(15):
-                    providers = await directory.dht.find_providers(directory.key)
+                # the provider record itself: run A's key lists run A's peers, and no one else
+                with trio.fail_after(45):
+                    providers = await directory._find_providers()
                 assert {p.peer_id.to_base58() for p in providers} <= a_ids
                 assert len({p.peer_id.to_base58() for p in providers} - {run_a[0].local_id}) >= 1
 
