@@ -91,11 +91,20 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
               help="Evaluation rows (.jsonl); default: a held-out part of --data.")
 @click.option("--listen", multiple=True, default=["/ip4/0.0.0.0/tcp/4001"], show_default=True,
               help="Listen multiaddr (repeatable); tcp/0 picks a free port.")
-@click.option("--bootstrap", multiple=True, help="/ip4/.../tcp/.../p2p/<peer ID> of a running peer (repeatable).")
+@click.option("--bootstrap", multiple=True, help="/ip4/.../tcp/.../p2p/<peer ID> of a running p2pfed peer, of this run or (with the DHT) any other (repeatable).")
 @click.option("--announce", multiple=True,
               help="Address other peers should dial, e.g. /ip4/<public IP>/tcp/4001 (repeatable); "
                    "needed when listening on 0.0.0.0 behind a known public address.")
 @click.option("--mdns", is_flag=True, help="Also discover peers of the run on the local network.")
+@click.option("--dht/--no-dht", default=True, show_default=True,
+              help="Find the run's peers through the Kademlia DHT: --bootstrap may then be any p2pfed "
+                   "peer, even one of another run.")
+@click.option("--private", is_flag=True,
+              help="This host is behind NAT (others cannot dial it): reserve a slot on a relay peer, "
+                   "announce the relayed address, and try DCUtR hole punching to reach peers directly.")
+@click.option("--relay-service/--no-relay-service", default=None,
+              help="Relay circuits for peers behind NAT (circuit relay v2, within resource limits). "
+                   "Default: on, unless --private.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
               help="Node directory: checkpoint, metrics.jsonl, status.json, adapter/, node.log.")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -118,7 +127,7 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
               help="Seed stream of this peer (simulations: the peer's number); default from the peer ID.")
 def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...],
          announce: tuple[str, ...],
-         mdns: bool, out: Path, key: Path | None, rounds: int | None, local_steps: int | None,
+         mdns: bool, dht: bool, private: bool, relay_service: bool | None, out: Path, key: Path | None, rounds: int | None, local_steps: int | None,
          step_timeout: float | None, defence: str | None,
          defence_param: tuple[str, ...], max_neighbours: int, min_neighbours: int, neighbour_wait: float,
          eval_size: int, threads: int, metrics_addr: str | None, index: int | None) -> None:
@@ -146,7 +155,7 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
     gossip = dataclasses.replace(RunFile.load(run_file).gossip, **{k: v for k, v in overrides.items() if v is not None})
     cfg = NodeConfig(
         run_file=run_file, data=data, out=out, eval_data=eval_data, identity=key, listen=listen,
-        bootstrap=bootstrap, announce=announce, mdns=mdns, gossip=gossip, defence=defence or DEFAULT_DEFENCE,
+        bootstrap=bootstrap, announce=announce, mdns=mdns, dht=dht, private=private, relay_service=relay_service, gossip=gossip, defence=defence or DEFAULT_DEFENCE,
         defence_params=key_values(defence_param, "--defence-param"), max_neighbours=max_neighbours,
         min_neighbours=min_neighbours, neighbour_wait_s=neighbour_wait, eval_size=eval_size, threads=threads,
         index=index,

@@ -54,15 +54,30 @@ class NodeMetrics:
             ["reason"],
             registry=r,
         )
+        self.relay = Gauge(
+            "p2pfed_relay",
+            "Relay use now: relayed_neighbours and direct_neighbours (the path each neighbour's "
+            "connection takes), reservations (relays holding a slot for us), circuits_served (what we "
+            "relay for others), hole_punched (relayed links DCUtR made direct)",
+            ["kind"],
+            registry=r,
+        )
         # the cumulative counts seen at the last report (the report's and the transport's), by series
         self._totals: dict[tuple[Counter, str], int] = {}
 
     def observe(
-        self, report: RoundReport, neighbours: Sequence[str], transport: Mapping[str, int] | None = None
+        self,
+        report: RoundReport,
+        neighbours: Sequence[str],
+        transport: Mapping[str, int] | None = None,
+        relay: Mapping[str, int] | None = None,
     ) -> None:
         """Take in one round's report, the neighbours at its end and the transport's cumulative counters:
         `evict` (membership's rewires), `refused.*` (resource caps) and `recv_fail.*` (unreadable frames),
-        the last two as `p2pfed_transport_refusals_total{reason}`."""
+        the last two as `p2pfed_transport_refusals_total{reason}`; and the transport's relay use now
+        (`p2pfed_relay{kind}`)."""
+        for kind, value in (relay or {}).items():
+            self.relay.labels(kind).set(value)
         counters = transport or {}
         self._advance(self.rewires, "", counters.get("evict", 0))
         for key, count in counters.items():

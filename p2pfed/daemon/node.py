@@ -65,6 +65,9 @@ class NodeConfig:
     bootstrap: tuple[str, ...] = ()
     announce: tuple[str, ...] = ()  # addresses to tell other peers (a public IP behind 0.0.0.0)
     mdns: bool = False
+    dht: bool = True  # find the run's peers through the Kademlia DHT (provider record of the run digest)
+    private: bool = False  # behind NAT: reserve a relay slot and announce the relayed address
+    relay_service: bool | None = None  # relay for others; None: yes unless `private`
     gossip: GossipConfig | None = None  # None: the run file's [gossip] table; Q, round window: the run's
     defence: str = DEFAULT_DEFENCE
     defence_params: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +136,9 @@ class Node:
                 bootstrap=cfg.bootstrap,
                 announce_addrs=cfg.announce,
                 enable_mdns=cfg.mdns,
+                enable_dht=cfg.dht,
+                private=cfg.private,
+                relay_service=(not cfg.private) if cfg.relay_service is None else cfg.relay_service,
                 max_neighbours=cfg.max_neighbours,
                 announce_interval_s=cfg.announce_interval_s,
             ),
@@ -286,7 +292,9 @@ class Node:
         for pid, until in self.peer.reputation.quarantined().items():  # evidence for membership
             self.transport.report(pid, Evidence(EvidenceKind.QUARANTINED, f"until round {until}"))
         neighbours = len(self.transport.neighbours())
-        self.metrics.observe(report, self.transport.neighbours(), self.transport.counters)
+        self.metrics.observe(
+            report, self.transport.neighbours(), self.transport.counters, self.transport.relay_use()
+        )
         append_metrics(self.out, metrics_row(report, neighbours))
         self.status.round = report.round + 1
         self.status.rejections = dict(report.rejections)
@@ -302,8 +310,14 @@ class Node:
         degrees = self.transport.neighbour_degrees() if live else {
             pid: info["degree"] for pid, info in self.status.neighbours.items()
         }
+        old = self.status.neighbours
         self.status.neighbours = {
-            pid: {"reputation": round(self.peer.reputation.score(pid), 4), "degree": degree}
+            pid: {
+                "reputation": round(self.peer.reputation.score(pid), 4),
+                "degree": degree,
+                # direct, or relayed (circuit relay v2) when no direct path was found
+                "path": self.transport.path_to(pid) if live else old.get(pid, {}).get("path", "none"),
+            }
             for pid, degree in degrees.items()
         }
         self.status.transport = dict(self.transport.counters)

@@ -10,6 +10,7 @@ and bytes in flight are `libp2p_limits`'; this module only wires them in.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections import Counter
@@ -32,10 +33,12 @@ from libp2p.utils.address_validation import expand_wildcard_address
 
 from p2pfed.config import ANNOUNCE_INTERVAL_S, MAX_NEIGHBOURS, run_topic
 from p2pfed.net.framing import FrameError, read_frame_chunks
+from p2pfed.net.libp2p_dht import RunDirectory
 from p2pfed.net.libp2p_discovery import Discovery
 from p2pfed.net.libp2p_guards import ConnectionEvents, guarded, no_auto_connect, quietly
 from p2pfed.net.libp2p_limits import BytesInFlight, OpenStreams, capped, resource_manager
 from p2pfed.net.libp2p_membership import MembershipAdapter
+from p2pfed.net.libp2p_relay import NatTraversal, RelayRules, is_circuit
 from p2pfed.net.libp2p_send import UPDATE_PROTOCOL, UpdateSender
 from p2pfed.net.membership import BOOTSTRAP, Evidence, Membership, MembershipRules
 from p2pfed.net.transport import Delivery
@@ -59,6 +62,18 @@ class Libp2pConfig:
     # addresses other peers should dial (e.g. a public IP when listening on 0.0.0.0); default: listen addrs
     announce_addrs: tuple[str, ...] = ()
     enable_mdns: bool = False
+    # Kademlia: provide the run digest and look up its providers (one bootstrap peer of any run will
+    # do). Off here so that tests and simulations keep the links they wire; the daemon turns it on.
+    enable_dht: bool = False
+    dht_interval_s: float = 10.0  # between lookups (sooner after a new connection)
+    dht_query_timeout_s: float = 15.0  # one provide or lookup
+    # NAT traversal (circuit relay v2 + DCUtR): `relay_service` relays for others (a reachable peer);
+    # `private` (behind NAT) reserves a slot on connected relays and announces the relayed address
+    relay_service: bool = False
+    private: bool = False
+    hole_punch: bool = True  # DCUtR: try to replace a relayed connection by a direct one
+    relay: RelayRules = RelayRules()
+    relay_interval_s: float = 5.0  # between checks of our reservations
     max_frame_bytes: int = 64 * 1024 * 1024  # above any adapter of a supported model
     max_neighbours: int = MAX_NEIGHBOURS  # membership's target degree
     incoming_capacity: int = 256  # deliveries buffered for the Peer; beyond: dropped and counted
@@ -156,6 +171,30 @@ class Libp2pTransport:
             enable_mdns=config.enable_mdns,
         )
         self._members.greet = self._discovery.greet
+        self.nat = NatTraversal(
+            self._host,
+            config.relay,
+            serve=config.relay_service,
+            private=config.private,
+            hole_punch=config.hole_punch,
+            counters=self.counters,
+            notify=self._notify,
+        )
+        self._dialled: dict[str, str] = {}  # peer -> the direct address we last reached it on
+        self._directory = (
+            RunDirectory(
+                self._host,
+                config.run_digest,
+                self._members,
+                self.announced_addrs,
+                self.counters,
+                self._notify,
+                interval_s=config.dht_interval_s,
+                query_timeout_s=config.dht_query_timeout_s,
+            )
+            if config.enable_dht
+            else None
+        )
         # new_host is annotated with the interfaces (IHost, INetworkService); it builds a BasicHost
         # on a Swarm, whose internals the next lines patch
         network = cast(Swarm, self._host.get_network())
@@ -173,9 +212,7 @@ class Libp2pTransport:
         )
         for proto in GOSSIP_PROTOCOLS:
             self._host.set_stream_handler(proto, self._guarded_pubsub_handler)
-        network.register_notifee(
-            ConnectionEvents(self._discovery.on_connected, self._on_disconnected)
-        )
+        network.register_notifee(ConnectionEvents(self._on_connected, self._on_disconnected))
         send_in, self._incoming = trio.open_memory_channel[Delivery](config.incoming_capacity)
         self._incoming_in = send_in
         self._sender = UpdateSender(self._host, config, self._count)
@@ -289,12 +326,18 @@ class Libp2pTransport:
                     self._host.run(listen_addrs=self._listen),
                     background_trio_service(self._pubsub),
                     background_trio_service(self._gossipsub),
+                    self._dht_service(),
+                    self.nat.services(),
                 ):
                     await self._pubsub.wait_until_ready()
                     subscription = await self._pubsub.subscribe(self.topic)
                     async with trio.open_nursery() as nursery:
                         self._members.nursery = nursery
                         self._discovery.start(nursery, subscription)
+                        if self._directory is not None:
+                            nursery.start_soon(self._directory.run)
+                        if self.config.private:
+                            nursery.start_soon(self._keep_relay_slots, nursery)
                         self._members.discovered(self._bootstrap_peers(), BOOTSTRAP)
                         self._started.set()
                         task_status.started()
@@ -331,8 +374,19 @@ class Libp2pTransport:
         return peers
 
     async def _dial(self, info: PeerInfo) -> bool:
+        """Connect directly if `info` has a direct address that answers, else through a relay."""
         if info.peer_id == self._host.get_id():
             return False
+        direct = [a for a in info.addrs if not is_circuit(str(a))]
+        if direct and await self._dial_direct(PeerInfo(info.peer_id, direct)):
+            return True
+        for addr in (str(a) for a in info.addrs if is_circuit(str(a))):
+            with trio.move_on_after(self.config.dial_timeout_s):
+                if await self.nat.dial(addr):
+                    return True
+        return False
+
+    async def _dial_direct(self, info: PeerInfo) -> bool:
         with trio.move_on_after(self.config.dial_timeout_s) as scope:
             try:
                 await self._host.connect(info)
@@ -340,10 +394,34 @@ class Libp2pTransport:
                 self._count("dial_fail.error")
                 log.debug("dial %s failed: %r", info.peer_id, exc)
                 return False
+            self._dialled[info.peer_id.to_base58()] = str(info.addrs[0]).split("/p2p/")[0] + (
+                f"/p2p/{info.peer_id.to_base58()}"
+            )
             return True
         if scope.cancelled_caught:
             self._count("dial_fail.timeout")
         return False
+
+    async def _keep_relay_slots(self, nursery: trio.Nursery) -> None:
+        """Behind NAT: hold relay reservations, and announce at once when our addresses change."""
+        while True:
+            before = self.nat.relayed_addrs()
+            try:
+                await self.nat.reserve_slots(self._dialled, nursery)
+            except Exception as exc:  # never into the transport's nursery
+                self._count("relay_fail.error")
+                log.debug("relay reservations failed: %r", exc)
+            if self.nat.relayed_addrs() != before and self._directory is not None:
+                self._directory.kick()  # re-provide with the relayed address
+            await trio.sleep(self.config.relay_interval_s)
+
+    def relay_use(self) -> dict[str, int]:
+        """Which paths our neighbours' connections take, and what we relay (metrics)."""
+        return self.nat.use(self.neighbours())
+
+    def path_to(self, peer: str) -> str:
+        """'direct', 'relayed' or 'none': how we are connected to `peer` now."""
+        return self.nat.path_to(peer)
 
     # -------------------------------------------------------------- updates in
     async def _handle_update(self, stream: Any) -> None:
@@ -381,6 +459,18 @@ class Libp2pTransport:
             await quietly(stream.reset)
             self._pubsub._handle_dead_peer(stream.muxed_conn.peer_id)
 
+    def _dht_service(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The DHT's service while the host runs (nothing when the DHT is off)."""
+        if self._directory is None:
+            return contextlib.nullcontext()
+        return background_trio_service(self._directory.dht)
+
+    def _on_connected(self, peer: str) -> None:
+        """A new connection: greet it, and let the DHT look again through it."""
+        self._discovery.on_connected(peer)
+        if self._directory is not None and len(self.neighbours()) < self.config.max_neighbours:
+            self._directory.kick()
+
     def _on_disconnected(self) -> None:
         """Free the slots of neighbours we no longer have any connection to (they rejoin by hello)."""
         self._count("peer_disconnected")
@@ -390,11 +480,14 @@ class Libp2pTransport:
     def announced_addrs(self) -> tuple[str, ...]:
         """What we tell others to dial: --announce addresses (with our ID), else the listen addresses
         that a remote can reach (0.0.0.0 and :: are not addresses anyone can dial)."""
+        relayed = self.nat.relayed_addrs()
         if self.config.announce_addrs:
             suffix = f"/p2p/{self.local_id}"
-            return tuple(
+            return relayed + tuple(
                 a if a.endswith(suffix) else a + suffix for a in self.config.announce_addrs
             )
+        if self.config.private:  # our own addresses are not reachable from outside
+            return relayed
         return tuple(
             a for a in self.listen_addrs if "/ip4/0.0.0.0/" not in a and "/ip6/::/" not in a
         )
