@@ -78,7 +78,13 @@ class MembershipAdapter:
         self._apply(self.membership.hello(peer, self._status(presence), answer=answer))
 
     def hello_failed(self, peer: str) -> None:
+        """Our hello got no answer (on a lossy link a lost packet is enough). A connection that is left
+        open without a neighbourship is never greeted again (membership skips connected peers), so
+        close it: the next peer exchange or bootstrap retry dials that peer afresh."""
         self._apply(self.membership.hello_failed(peer))
+        if peer not in self.membership.neighbours():
+            self._counters["hello_fail_disconnect"] += 1
+            self._start(self._disconnect, peer)
 
     def presence(self, peer: str, presence: Presence) -> None:
         self._apply(self.membership.presence(peer, self._status(presence)))
