@@ -72,12 +72,18 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--processes", is_flag=True,
               help="With --transport libp2p: one `p2pfed join` OS process per peer (honest peers only); "
                    f"they link as join does (each to every peer it finds, up to {MAX_NEIGHBOURS}), not by --topology.")
+@click.option("--churn", default=0.0, show_default=True,
+              help="With --processes: the probability, per peer and round, that the peer is SIGKILLed during "
+                   "its next round and restarted from its checkpoint (a churn soak; the last 2 rounds are calm).")
+@click.option("--step-timeout", default=GossipConfig.step_timeout, show_default=True,
+              help="Seconds a peer waits for its neighbours in one gossip step (a dead peer costs this much).")
 def sim(
     peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, logit_adjust: float,
     topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
     placement: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
-    seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool,
+    seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool, churn: float,
+    step_timeout: float,
 ) -> None:
     """Simulate a p2pfed network of N peers in this process.
 
@@ -88,6 +94,9 @@ def sim(
     """
     from p2pfed.sims.simulate import SimConfig, placement_of, run_simulation, validate
 
+    if churn and not processes:
+        raise click.BadParameter("--churn kills and restarts `p2pfed join` processes: add --transport libp2p "
+                                 "--processes", param_hint="--churn")
     if processes:
         if transport != "libp2p":
             raise click.BadParameter("--processes needs --transport libp2p")
@@ -129,7 +138,7 @@ def sim(
         save_adapters=not no_adapters,
         gossip=GossipConfig(
             rounds=rounds, local_steps=local_steps, gossip_steps=gossip_steps, rho=rho, lr=lr,
-            logit_adjust=logit_adjust,
+            logit_adjust=logit_adjust, step_timeout=step_timeout,
         ),
         learn=LearnConfig(
             run=RunManifest(
@@ -155,7 +164,10 @@ def sim(
                    f"finds (up to {MAX_NEIGHBOURS}); --topology applies to simulations in one process only")
         from p2pfed.sims.processes import run_processes
 
-        _print_table(run_processes(cfg, out).summary)
+        summary = run_processes(cfg, out, churn=churn).summary
+        _print_table(summary)
+        if "churn" in summary:
+            _print_churn(summary)
         click.echo(f"run directory: {out}  (metrics.jsonl, summary.json, peer-NN/ node directories)")
         return
     bar = tqdm(total=peers * rounds, unit="peer-round", desc="simulating", dynamic_ncols=True)
@@ -173,6 +185,17 @@ def sim(
     bar.close()
     _print_table(result.summary)
     click.echo(f"run directory: {out}  (accuracy.png, metrics.jsonl, summary.json, adapters/)")
+
+
+def _print_churn(summary: dict) -> None:  # type: ignore[type-arg]
+    churn, final = summary["churn"], summary["final"]
+    click.echo(
+        f"churn {churn['rate']}: {churn['kills']} SIGKILLs of peers {churn['killed_peers']}; "
+        f"{churn['checkpoints_checked_after_kill']} checkpoints checked after a kill, "
+        f"{len(churn['corrupt_checkpoints'])} corrupt; slowest round {churn['slowest_round_seconds']:.1f} s "
+        f"(peer {churn['slowest_round_peer']}); final consensus distance {final['consensus_distance']:.3e}, "
+        f"worst peer {final['consensus_distance_max']:.3e}"
+    )
 
 
 def _print_table(summary: dict) -> None:  # type: ignore[type-arg]
