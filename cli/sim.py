@@ -102,6 +102,9 @@ from p2pfed.sims.placement import PLACEMENTS
                    "machine is in, else a new local one. Needs the extra: pip install 'p2pfed[ray]'.")
 @click.option("--ray-actors", type=int, default=None,
               help="With --ray: how many actors. [default: one per CPU of the cluster]")
+@click.option("--churn", default=0.0, show_default=True,
+              help="With --processes: the probability, per peer and round, that the peer is SIGKILLed during "
+                   "its next round and restarted from its checkpoint (a churn soak; the last 2 rounds are calm).")
 def sim(
     peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, lr_schedule: str,
     lr_final: float, restore_update: float, logit_adjust: float, step_timeout: float,
@@ -109,7 +112,7 @@ def sim(
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
     placement: str, membership: str, attack: str, attack_param: tuple[str, ...], defence: str, defence_param: tuple[str, ...], drop: float,
     seed: int, out: Path | None, no_adapters: bool, transport: str, processes: bool, eval_sample: int,
-    per_peer: bool, ray_address: str | None, ray_actors: int | None,
+    per_peer: bool, ray_address: str | None, ray_actors: int | None, churn: float,
 ) -> None:
     """Simulate a p2pfed network of N peers in this process.
 
@@ -122,6 +125,9 @@ def sim(
 
     if ray_address is not None:
         _check_ray_options(transport, processes, drop)
+    if churn and not processes:
+        raise click.BadParameter("--churn kills and restarts `p2pfed join` processes: add --transport libp2p "
+                                 "--processes", param_hint="--churn")
     if processes:
         if transport != "libp2p":
             raise click.BadParameter("--processes needs --transport libp2p")
@@ -193,7 +199,10 @@ def sim(
                    f"finds (up to {MAX_NEIGHBOURS}); --topology applies to simulations in one process only")
         from p2pfed.sims.processes import run_processes
 
-        _print_table(run_processes(cfg, out).summary)
+        summary = run_processes(cfg, out, churn=churn).summary
+        _print_table(summary)
+        if "churn" in summary:
+            _print_churn(summary)
         click.echo(f"run directory: {out}  (metrics.jsonl, summary.json, peer-NN/ node directories)")
         return
     # smoothing=0: the ETA from the mean rate since the start; a batched round finishes all its peers at
@@ -233,6 +242,17 @@ def _check_ray_options(transport: str, processes: bool, drop: float) -> None:
         raise click.BadParameter("--drop is simulated by the in-process memory transport only: drop --ray or "
                                  "--drop", param_hint="--drop")
     require_ray()
+
+
+def _print_churn(summary: dict) -> None:  # type: ignore[type-arg]
+    churn, final = summary["churn"], summary["final"]
+    click.echo(
+        f"churn {churn['rate']}: {churn['kills']} SIGKILLs of peers {churn['killed_peers']}; "
+        f"{churn['checkpoints_checked_after_kill']} checkpoints checked after a kill, "
+        f"{len(churn['corrupt_checkpoints'])} corrupt; slowest round {churn['slowest_round_seconds']:.1f} s "
+        f"(peer {churn['slowest_round_peer']}); final consensus distance {final['consensus_distance']:.3e}, "
+        f"worst peer {final['consensus_distance_max']:.3e}"
+    )
 
 
 def _print_table(summary: dict) -> None:  # type: ignore[type-arg]

@@ -4,6 +4,14 @@ The run directory gets what the memory simulation would use: the same test set (
 shards (peer-NN.jsonl), a run file (run.toml), and one node directory per peer. Peer 0 starts first and is
 everyone's bootstrap; the others find each other by peer exchange. Metrics of all peers are gathered into
 the run directory's metrics.jsonl and summary.json, like the memory path's.
+
+With `churn` > 0 the supervisor plays a hostile environment (a churn soak): each time a peer finishes a
+round, with probability `churn` it is SIGKILLed a random moment into its next round and restarted at once
+from its node directory (same identity, same checkpoint), bootstrapping from a random live peer. Every
+killed peer's checkpoint is loaded right after the kill; summary.json's "churn" table counts the kills,
+the checks and any corrupt checkpoint, and gives the slowest round of any peer (a stall would show there).
+The last CALM_ROUNDS rounds are churn-free, so a peer restarted near the end still has neighbours to
+finish with.
 """
 
 from __future__ import annotations
@@ -11,9 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +32,7 @@ import numpy as np
 from p2pfed.config import RunManifest, write_atomic
 from p2pfed.daemon.runfile import RunFile, create_manifest
 from p2pfed.daemon.status import read_metrics
-from p2pfed.errors import NetworkError
+from p2pfed.errors import CheckpointError, NetworkError
 from p2pfed.learn.data import load_task, split_test, test_size_for
 from p2pfed.learn.partition import partition
 from p2pfed.peer.checkpoint import load_checkpoint
@@ -33,6 +43,8 @@ from p2pfed.sims.simulate import SimConfig, SimResult
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 300.0  # model loading on a busy machine
+CALM_ROUNDS = 2  # churn spares the last rounds: a peer restarted then still finds neighbours to finish with
+POLL_S = 0.2
 
 
 def export_shards(
@@ -90,46 +102,163 @@ def wait_for_address(node_dir: Path, process: subprocess.Popen[bytes], timeout_s
     raise NetworkError(f"the node in {node_dir} did not listen within {timeout_s:.0f} s")
 
 
-def run_processes(cfg: SimConfig, out: Path, *, eval_rows: int | None = None, threads: int = 1,
-                  timeout_s: float = 3600.0) -> SimResult:
-    """Run the simulation as cfg.peers `p2pfed join` processes (honest peers only; blocking)."""
+def run_processes(cfg: SimConfig, out: Path, *, eval_rows: int | None = None, max_rows: int | None = None,
+                  threads: int = 1, timeout_s: float = 3600.0, churn: float = 0.0) -> SimResult:
+    """Run the simulation as cfg.peers `p2pfed join` processes (honest peers only; blocking). `churn`:
+    the probability, per peer and round, of a SIGKILL and restart (see the module docstring);
+    `eval_rows`, `max_rows`: smaller test set and shards (each process embeds its rows once)."""
     if cfg.byzantine:
         raise NetworkError("--processes runs honest peers only; use the in-process libp2p path for attacks")
     if cfg.defence == ORACLE:
         raise NetworkError("the oracle defence is a reference for in-process simulations; pick a real defence")
+    if not 0.0 <= churn <= 1.0:
+        raise NetworkError(f"--churn is a probability per peer and round, between 0 and 1, not {churn}")
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    shards, eval_file = export_shards(cfg, out / "data", eval_rows=eval_rows)
+    shards, eval_file = export_shards(cfg, out / "data", eval_rows=eval_rows, max_rows=max_rows)
     run_file = out / "run.toml"
     RunFile(manifest_for(cfg), cfg.gossip).save(run_file)
-    extra = ["--defence", cfg.defence, "--min-neighbours", str(min(cfg.peers - 1, cfg.degree)),
-             "--max-neighbours", str(max(cfg.peers - 1, 1)), "--threads", str(threads)]
+    extra = ["--defence", cfg.defence, "--max-neighbours", str(max(cfg.peers - 1, 1)), "--threads", str(threads)]
     for key, value in cfg.defence_params.items():
         extra += ["--defence-param", f"{key}={json.dumps(value)}"]
-    nodes = [out / f"peer-{i:02d}" for i in range(cfg.peers)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    processes: list[subprocess.Popen[bytes]] = []
-    address = ""
+    peers = [_Peer(i, out / f"peer-{i:02d}", join_command(run_file, shard, out / f"peer-{i:02d}",
+                                                          eval_file=eval_file, extra=[*extra, "--index", str(i)]))
+             for i, shard in enumerate(shards)]
+    min_neighbours = min(cfg.peers - 1, cfg.degree)
+    supervisor = _Supervisor(peers, rounds=cfg.gossip.rounds, churn=churn, rng=np.random.default_rng([cfg.seed, 16]))
     try:
-        for i, (shard, node) in enumerate(zip(shards, nodes, strict=True)):
-            node.mkdir(parents=True, exist_ok=True)
-            bootstrap = ["--index", str(i)] + ([] if i == 0 else ["--bootstrap", address])
-            command = join_command(run_file, shard, node, eval_file=eval_file, extra=extra + bootstrap)
-            with (node / "stderr.txt").open("wb") as err:
-                processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env))
-            if i == 0:
-                address = wait_for_address(node, processes[0], STARTUP_TIMEOUT_S)
-        deadline = time.monotonic() + timeout_s
-        for node, process in zip(nodes, processes, strict=True):
-            code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
-            if code != 0:
-                raise NetworkError(f"the node in {node} exited with {code}; see {node / 'stderr.txt'}")
+        peers[0].start(["--min-neighbours", str(min_neighbours)])
+        address = wait_for_address(peers[0].node, peers[0].require(), STARTUP_TIMEOUT_S)
+        for peer in peers[1:]:
+            peer.start(["--min-neighbours", str(min_neighbours), "--bootstrap", address])
+        supervisor.run(deadline=time.monotonic() + timeout_s)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
-    return gather(cfg, out, nodes, wall=time.perf_counter() - started)
+        for peer in peers:
+            peer.stop()
+    result = gather(cfg, out, [p.node for p in peers], wall=time.perf_counter() - started)
+    if churn > 0:
+        result.summary["churn"] = supervisor.report(result.rows)
+        write_atomic(out / "summary.json", json.dumps(result.summary, indent=2).encode())
+    return result
+
+
+@dataclass
+class _Peer:
+    """One `p2pfed join` process of the run, restartable from its node directory."""
+
+    index: int
+    node: Path
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    kills: int = 0
+
+    def start(self, extra: list[str]) -> None:
+        self.node.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with (self.node / "stderr.txt").open("ab") as err:
+            self.process = subprocess.Popen([*self.command, *extra], stdout=subprocess.DEVNULL, stderr=err, env=env)
+
+    def require(self) -> subprocess.Popen[bytes]:
+        if self.process is None:
+            raise NetworkError(f"the node in {self.node} was never started")
+        return self.process
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.node / "status.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def kill(self) -> None:
+        process = self.require()
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        self.kills += 1
+
+    def stop(self) -> None:
+        if self.alive():
+            self.require().terminate()
+            try:
+                self.require().wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.require().kill()
+                self.require().wait(timeout=30)
+
+
+@dataclass
+class _Supervisor:
+    """Waits for every peer to finish; with churn, kills and restarts them at random meanwhile."""
+
+    peers: list[_Peer]
+    rounds: int
+    churn: float
+    rng: np.random.Generator
+    checked: int = 0  # checkpoints loaded right after a kill
+    corrupt: list[str] = field(default_factory=list)
+    _seen: dict[int, tuple[int, float]] = field(default_factory=dict)  # peer -> (round, when it was reached)
+    _due: dict[int, float] = field(default_factory=dict)  # peer -> when to kill it
+
+    def run(self, *, deadline: float) -> None:
+        while any(p.alive() for p in self.peers):
+            if time.monotonic() > deadline:
+                raise NetworkError("the run did not finish before its timeout; see the peers' stderr.txt")
+            for peer in self.peers:
+                self._check_exit(peer)
+                if self.churn > 0 and peer.alive():
+                    self._churn(peer)
+            time.sleep(POLL_S)
+        for peer in self.peers:
+            self._check_exit(peer)
+
+    def _check_exit(self, peer: _Peer) -> None:
+        code = peer.require().poll()
+        if code not in (None, 0):
+            raise NetworkError(f"the node in {peer.node} exited with {code}; see {peer.node / 'stderr.txt'}")
+
+    def _churn(self, peer: _Peer) -> None:
+        now = time.monotonic()
+        done = int(peer.status().get("round", 0))
+        last_round, reached = self._seen.get(peer.index, (0, now))
+        if done > last_round:
+            took = now - reached
+            self._seen[peer.index] = (done, now)
+            if done < self.rounds - CALM_ROUNDS and self.rng.random() < self.churn:
+                self._due[peer.index] = now + self.rng.uniform(0.0, max(took, 1.0))
+        due = self._due.get(peer.index)
+        if due is not None and now >= due:
+            del self._due[peer.index]
+            self._restart(peer)
+
+    def _restart(self, peer: _Peer) -> None:
+        peer.kill()
+        log.info("churn: killed peer %d at round %s", peer.index, peer.status().get("round"))
+        try:
+            load_checkpoint(peer.node)
+            self.checked += 1
+        except CheckpointError as exc:
+            self.checked += 1
+            self.corrupt.append(str(exc))
+        others = [p for p in self.peers if p is not peer and p.alive() and p.status().get("listen_addrs")]
+        extra = ["--min-neighbours", "1"]
+        if others:
+            chosen = others[int(self.rng.integers(len(others)))]
+            extra += ["--bootstrap", str(chosen.status()["listen_addrs"][0])]
+        peer.start(extra)
+
+    def report(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        slowest = max(rows, key=lambda r: r["seconds"]) if rows else None
+        return {
+            "rate": self.churn,
+            "kills": sum(p.kills for p in self.peers),
+            "killed_peers": sorted(p.index for p in self.peers if p.kills),
+            "checkpoints_checked_after_kill": self.checked,
+            "corrupt_checkpoints": self.corrupt,
+            "slowest_round_seconds": None if slowest is None else slowest["seconds"],
+            "slowest_round_peer": None if slowest is None else slowest["peer"],
+        }
 
 
 def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float) -> SimResult:
@@ -151,10 +280,11 @@ def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float) -> SimR
                 "peers_reporting": len(accuracies),
             })
     finals = [c for c in (load_checkpoint(n) for n in nodes) if c is not None]
-    consensus = None
+    consensus = worst = None
     if finals:
         stacked = np.stack([c.vector for c in finals])
-        consensus = float(np.mean(np.sum((stacked - stacked.mean(axis=0)) ** 2, axis=1)))
+        distances = np.sum((stacked - stacked.mean(axis=0)) ** 2, axis=1)
+        consensus, worst = float(np.mean(distances)), float(np.max(distances))
     final = curve[-1] if curve else {}
     summary = {
         "final": {
@@ -163,6 +293,7 @@ def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float) -> SimR
             "honest_accuracy_std": final.get("honest_accuracy_std"),
             "honest_accuracy_min": final.get("honest_accuracy_min"),
             "consensus_distance": consensus,
+            "consensus_distance_max": worst,  # the peer farthest from the mean
         },
         "curve": [{**c, "consensus_distance": consensus if c is curve[-1] else float("nan")} for c in curve],
         "byzantine_peers": [],

@@ -78,7 +78,19 @@ class MembershipAdapter:
         self._apply(self.membership.hello(peer, self._status(presence), answer=answer))
 
     def hello_failed(self, peer: str) -> None:
+        """Our hello got no answer (on a lossy link a lost packet is enough). A connection that is left
+        open without a neighbourship is never greeted again (membership skips connected peers), so
+        close it: the next peer exchange or bootstrap retry dials that peer afresh."""
         self._apply(self.membership.hello_failed(peer))
+        self._start(self._drop_if_idle, peer)
+
+    async def _drop_if_idle(self, peer: str) -> None:
+        """Close a connection left without a neighbourship, after a grace period: a hello crossing ours
+        (both peers dialled at once) may still make it one, and closing early would break that one too."""
+        await trio.sleep(self._close_timeout_s)
+        if peer in self._connected() and not self.membership.settling(peer):
+            self._counters["hello_fail_disconnect"] += 1
+            await self._disconnect(peer)
 
     def presence(self, peer: str, presence: Presence) -> None:
         self._apply(self.membership.presence(peer, self._status(presence)))

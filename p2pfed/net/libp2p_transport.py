@@ -25,6 +25,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -86,6 +87,7 @@ class Libp2pConfig:
     parallel_sends_per_peer: int = 2  # more frames in flight to one peer would starve each other
     announce_interval_s: float = ANNOUNCE_INTERVAL_S
     close_timeout_s: float = 5.0
+    bootstrap_retry_s: float = 5.0  # with no neighbour, dial the bootstrap peers again this often
     membership: MembershipRules = MembershipRules()  # eclipse resistance, eviction budget, cooldown
     # Resource caps (see libp2p_limits). An honest neighbour holds one or two connections, a few
     # streams (identify, ping, gossip, hello) and at most parallel_sends_per_peer update streams.
@@ -339,6 +341,7 @@ class Libp2pTransport:
                         if self.config.private:
                             nursery.start_soon(self._keep_relay_slots, nursery)
                         self._members.discovered(self._bootstrap_peers(), BOOTSTRAP)
+                        nursery.start_soon(self._retry_bootstrap)
                         self._started.set()
                         task_status.started()
                         await self._stop.wait()
@@ -361,6 +364,23 @@ class Libp2pTransport:
             return True
         self._members.lost(peer)
         return False
+
+    async def _retry_bootstrap(self) -> None:
+        """A failed bootstrap dial is not final: the peer may start later than us, or a lost packet
+        may have timed the dial out. While we have no neighbour, offer the bootstrap peers again.
+        py-libp2p refuses to redial a peer for 60 s after a failed dial (its negative cache); an
+        address the operator gave us is worth the retry, so it is unblocked first."""
+        if not self.config.bootstrap:
+            return
+        swarm = cast(Swarm, self._host.get_network())
+        while True:
+            await trio.sleep(self.config.bootstrap_retry_s)
+            if not self._members.neighbours():
+                self._count("bootstrap_retry")
+                peers = self._bootstrap_peers()
+                for peer, _ in peers:
+                    swarm.unblock_peer(ID.from_base58(peer))
+                self._members.discovered(peers, BOOTSTRAP)
 
     def _bootstrap_peers(self) -> list[tuple[str, tuple[str, ...]]]:
         peers = []

@@ -126,6 +126,10 @@ class Membership:
     def neighbours(self) -> list[str]:
         return list(self._neighbours)
 
+    def settling(self, peer: str) -> bool:
+        """Whether `peer` is a neighbour, or a dial or hello with it is under way."""
+        return peer in self._neighbours or peer in self._pending or peer in self._greeted
+
     def degree_of(self, peer: str) -> int | None:
         """`peer`'s degree as it last told us (None: not a neighbour)."""
         neighbour = self._neighbours.get(peer)

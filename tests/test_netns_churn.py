@@ -1,0 +1,84 @@
+"""Churn soak: the code behind `p2pfed sim --transport libp2p --processes --churn RATE` runs ten `p2pfed
+join` processes (small shards, so that each embeds its rows quickly) for fifteen rounds while the supervisor SIGKILLs and restarts them at random. No checkpoint is ever corrupt,
+no round of any peer outlasts its step deadlines, every peer ends as close to the others as peers of the
+the in-process simulation of the same configuration does without churn, and the adapter each one saved loads with peft and is that peer's model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from p2pfed.config import GossipConfig, RunManifest
+from p2pfed.learn import LearnConfig, TaskModel
+from p2pfed.peer.checkpoint import load_checkpoint
+from p2pfed.sims.processes import run_processes
+from p2pfed.sims.simulate import SimConfig, run_simulation
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.network,
+    pytest.mark.skip(reason="not yet run to completion: the soak needs the start-up fix of docs/network-faults.md; its thresholds are not measured"),
+]
+
+PEERS, ROUNDS, K, Q = 10, 15, 3, 2
+STEP_TIMEOUT = 10.0
+CHURN = 0.08  # per peer and round: about ten kills over the run
+CLOSE_TO_NORMAL = 3.0  # the worst peer's distance to the mean, against the churn-free run's mean distance
+
+
+def soak_config() -> SimConfig:
+    return SimConfig(peers=PEERS, topology="complete", partition="iid", save_adapters=True,
+                     gossip=GossipConfig(rounds=ROUNDS, local_steps=K, gossip_steps=Q, step_timeout=STEP_TIMEOUT))
+
+
+@pytest.fixture(scope="module")
+def soak(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("soak") / "run"
+    result = run_processes(soak_config(), out, eval_rows=100, max_rows=150, churn=CHURN, timeout_s=1800)
+    return out, result.summary
+
+
+def test_killed_peers_keep_whole_checkpoints_and_nobody_stalls(soak: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = soak
+    churn = summary["churn"]
+    print("churn:", json.dumps(churn))
+    assert churn["kills"] >= 3 and len(churn["killed_peers"]) >= 3  # the soak really churned
+    assert churn["checkpoints_checked_after_kill"] == churn["kills"]
+    assert churn["corrupt_checkpoints"] == []
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all({r["round"] for r in rows if r["peer"] == p} == set(range(ROUNDS)) for p in range(PEERS))
+    training = float(np.median([r["seconds"] for r in rows]))
+    assert churn["slowest_round_seconds"] <= Q * STEP_TIMEOUT + 3 * training + 5.0, churn
+
+
+def test_every_peer_ends_near_the_others_with_an_adapter_peft_loads(soak: tuple[Path, dict[str, Any]]) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from p2pfed.learn.models import resolve_model
+
+    out, summary = soak
+    model = TaskModel.load(LearnConfig(run=RunManifest(task="sms-spam")))
+    calm = run_simulation(dataclasses.replace(soak_config(), save_adapters=False), model=model)
+    normal = calm.summary["final"]["consensus_distance"]
+    print(f"consensus distance: churned mean {summary['final']['consensus_distance']:.3g}, worst peer "
+          f"{summary['final']['consensus_distance_max']:.3g}; the in-process run without churn (full shards) {normal:.3g}")
+    assert summary["final"]["consensus_distance_max"] <= CLOSE_TO_NORMAL * normal
+
+    directory = resolve_model("minilm").directory
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    rows = np.arange(0, 200, 4)
+    batch = tokenizer(model.pool_texts(rows), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    for i in range(PEERS):
+        node = out / f"peer-{i:02d}"
+        base = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2)
+        loaded = PeftModel.from_pretrained(base, node / "adapter").eval()
+        predicted = loaded(**batch).logits.argmax(-1).numpy()
+        state = load_checkpoint(node)
+        assert state is not None and state.round == ROUNDS
+        assert (predicted == model.logits(state.vector, rows).argmax(-1)).mean() >= 0.99, i
