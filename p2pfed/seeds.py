@@ -27,6 +27,8 @@ class Seed(IntEnum):
     ECLIPSE = 0xEC1  # eclipse placement's victims and kept neighbours (p2pfed.sims.placement): [seed, 0xEC1]
     PARTITION = 0x5EED  # the partition of the training pool into shards: [seed, 0x5EED]
     EVAL_SAMPLE = 0xE7A1  # the test rows `export_shards(eval_rows=...)` keeps: [seed, 0xE7A1]
+    SIM_EVAL_SAMPLE = 0xE7A2  # the test rows a large simulation scores every round on (sims.simulate): [seed, 0xE7A2]
+    CHURN = 0xC4  # which `--processes` peers a churn soak kills, and when (sims.processes): [seed, 0xC4]
 
 
 def partition_rng(seed: int) -> np.random.Generator:

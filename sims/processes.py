@@ -125,7 +125,7 @@ def run_processes(cfg: SimConfig, out: Path, *, eval_rows: int | None = None, ma
                                                           eval_file=eval_file, extra=[*extra, "--index", str(i)]))
              for i, shard in enumerate(shards)]
     min_neighbours = min(cfg.peers - 1, cfg.degree)
-    supervisor = _Supervisor(peers, rounds=cfg.gossip.rounds, churn=churn, rng=np.random.default_rng([cfg.seed, 16]))
+    supervisor = _Supervisor(peers, rounds=cfg.gossip.rounds, churn=churn, rng=np.random.default_rng([cfg.seed, Seed.CHURN]))
     try:
         peers[0].start(["--min-neighbours", str(min_neighbours)])
         address = wait_for_address(peers[0].node, peers[0].require(), STARTUP_TIMEOUT_S)

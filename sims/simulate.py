@@ -310,7 +310,7 @@ def eval_sample_of(cfg: SimConfig, test_rows: int) -> np.ndarray | None:
     size = cfg.eval_sample or (EVAL_SAMPLE if cfg.peers > SAMPLE_FROM else 0)
     if size <= 0 or size >= test_rows:
         return None
-    rng = np.random.default_rng([cfg.seed, Seed.EVAL_SAMPLE, 1])
+    rng = np.random.default_rng([cfg.seed, Seed.SIM_EVAL_SAMPLE])
     return np.sort(rng.choice(test_rows, size=size, replace=False)).astype(np.int64)
 
 

@@ -95,7 +95,7 @@ def test_sigterm_stops_the_grid_like_ctrl_c_keeping_finished_cells(
     real_run_grid = grid_runner.run_grid
     ran: list[str] = []
 
-    def run_grid_then_terminated(cfg, out, keep_runs=False):  # type: ignore[no-untyped-def]
+    def run_grid_then_terminated(cfg, out, keep_runs=False, **options):  # type: ignore[no-untyped-def]
         def runner(cell):  # type: ignore[no-untyped-def]
             if ran:
                 os.kill(os.getpid(), signal.SIGTERM)

@@ -57,7 +57,9 @@ def test_every_readme_command_parses(tmp_path: Path, monkeypatch: pytest.MonkeyP
         args = shlex.split(command)[1:]
         if "--help" in args or "..." in args:
             continue
-        for arg in args:
+        for option, arg in zip(["", *args], args, strict=False):
+            if option == "--adapter":  # an adapter directory a run wrote
+                (tmp_path / arg).mkdir(parents=True, exist_ok=True)
             if arg.endswith((".toml", ".jsonl", ".json")) and "=" not in arg:
                 (tmp_path / arg).parent.mkdir(parents=True, exist_ok=True)
                 (tmp_path / arg).touch()
