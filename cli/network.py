@@ -86,7 +86,8 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
 @click.option("--run", "run_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The run file (from `p2pfed init`).")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help='Your private data: .jsonl of {"text","label"} rows.')
+              help='Your private data: .jsonl of {"text","label"} rows, or of {"prompt","response"} / '
+                   '{"messages": [...]} rows for an instruction run (an `init --task` without labels).')
 @click.option("--eval", "eval_data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Evaluation rows (.jsonl); default: a held-out part of --data.")
 @click.option("--listen", multiple=True, default=["/ip4/0.0.0.0/tcp/4001"], show_default=True,
@@ -192,8 +193,17 @@ def status(out: Path, as_json: bool) -> None:
 
 
 def _quiet_terminal_handlers() -> None:
-    """node.log takes INFO; the terminal keeps the level -v chose."""
+    """node.log takes INFO; the terminal keeps the level -v chose. py-libp2p's own warnings (e.g. the DHT's
+    "Failed to read DHT message from stream" on every stream a remote closes) go to node.log only, unless
+    -v asked for them: they are routine on a live network and would drown the round lines."""
     root = logging.getLogger()
     for handler in root.handlers:
         if handler.level == logging.NOTSET:
             handler.setLevel(root.level)
+        if root.level >= logging.WARNING:
+            handler.addFilter(_not_libp2p_chatter)
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+
+
+def _not_libp2p_chatter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or not record.name.startswith("libp2p")

@@ -67,7 +67,7 @@ def claim_directory(out: Path, manifest: RunManifest, identity: Identity) -> Non
 
 
 def attach_log_file(out: Path) -> logging.Handler:
-    """p2pfed's INFO log goes to <out>/node.log whatever the terminal's verbosity."""
+    """p2pfed's INFO log (and py-libp2p's warnings) go to <out>/node.log whatever the terminal's verbosity."""
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / LOG_FILE)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -76,4 +76,5 @@ def attach_log_file(out: Path) -> logging.Handler:
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
     logger.addHandler(handler)
+    logging.getLogger("libp2p").addHandler(handler)  # its warnings go here, not to the terminal
     return handler

@@ -301,7 +301,9 @@ class Node:
         if report.accuracy is not None:
             self.status.last_eval = {"round": report.round, "accuracy": report.accuracy, "loss": report.loss}
         self._refresh_status()
-        self.progress(progress_line(report, self.gossip.rounds, neighbours, self.transport.counters))
+        self.progress(progress_line(
+            report, self.gossip.rounds, neighbours, self.transport.counters, instruction=not self.manifest.labels
+        ))
         self._adapter_vector = report.vector
         self._adapter_due.set()
 

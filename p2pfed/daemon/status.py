@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -103,8 +104,17 @@ def read_status(directory: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 
 
-def progress_line(report: RoundReport, rounds: int, neighbours: int, transport: Mapping[str, int]) -> str:
-    accuracy = "" if report.accuracy is None else f" · acc {report.accuracy:.3f}"
+def progress_line(
+    report: RoundReport, rounds: int, neighbours: int, transport: Mapping[str, int], *, instruction: bool = False
+) -> str:
+    """One line per round on the terminal. Instruction runs show what a person judges them by: held-out
+    perplexity and token accuracy (the next answer token predicted right), not a class accuracy."""
+    if report.accuracy is None:
+        accuracy = ""
+    elif instruction and report.loss is not None:
+        accuracy = f" · ppl {math.exp(min(report.loss, 50.0)):.2f} · token acc {report.accuracy:.3f}"
+    else:
+        accuracy = f" · acc {report.accuracy:.3f}"
     rejected = sum(report.rejections.values())
     return (
         f"round {report.round + 1}/{rounds}{accuracy} · loss {report.train_loss:.3f} · "
