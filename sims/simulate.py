@@ -34,7 +34,6 @@ from p2pfed.learn import LearnConfig, TaskModel
 from p2pfed.learn.partition import partition, split_validation
 from p2pfed.net.libp2p_transport import Libp2pConfig
 from p2pfed.net.loopback import loopback_transports
-from p2pfed.net.membership import Evidence, EvidenceKind
 from p2pfed.net.memory import MemoryNetwork
 from p2pfed.net.memory_membership import MemoryMembership
 from p2pfed.net.transport import Transport
@@ -277,8 +276,8 @@ def _memory_network(
 
 class _GatedPeer(Peer):
     """A simulated Peer under sampling membership: it starts each round once the network has rewired for
-    it, and at the end of a round hands its defence's evidence (its quarantined identities) to
-    membership, as `join` does after every round."""
+    it, and at the end of a round hands its defence's evidence to
+    membership (`Peer.membership_evidence`), as `join` does after every round."""
 
     def __init__(self, *, network: MemoryNetwork, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -287,11 +286,7 @@ class _GatedPeer(Peer):
     async def run_round(self, rnd: int) -> None:
         await self.network.wait_round(rnd)
         await super().run_round(rnd)
-        evidence = [] if self.byzantine else [
-            (pid, Evidence(EvidenceKind.QUARANTINED, f"until round {until}"))
-            for pid, until in sorted(self.reputation.quarantined().items())
-        ]
-        self.network.round_finished(self.peer_id, rnd, evidence)
+        self.network.round_finished(self.peer_id, rnd, self.membership_evidence())
 
 
 async def _run_peers(peers: list[Peer], rounds: int, scheduler: ComputeScheduler | None = None) -> None:

@@ -14,13 +14,16 @@ import trio.testing
 from fakes import FakeLocal
 
 from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
-from p2pfed.attacks.model_poisoning import GaussianNoise
+from p2pfed.attacks.model_poisoning import GaussianNoise, SignFlip
 from p2pfed.config import GossipConfig
+from p2pfed.net.membership import EvidenceKind
 from p2pfed.net.memory import MemoryNetwork
 from p2pfed.peer.checkpoint import load_checkpoint
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.peer.topology import build_topology
+from p2pfed.robust.base import Defence
 from p2pfed.robust.mean import Mean
+from p2pfed.sims.oracle import Oracle
 from p2pfed.types import Outcome
 from p2pfed.wire import Identity, Schema, seal
 
@@ -49,7 +52,7 @@ class Net:
 
 
 def build(n: int = 6, *, behaviours: dict[int, Behaviour] | None = None, rounds: int = 3, q: int = 2,
-          checkpoint_dir=None) -> Net:  # type: ignore[no-untyped-def]
+          checkpoint_dir=None, defence: Defence | None = None) -> Net:  # type: ignore[no-untyped-def]
     adjacency = build_topology("ring", n)
     identities = [Identity.for_peer(11, i) for i in range(n)]
     ids = [identity.peer_id for identity in identities]
@@ -68,7 +71,7 @@ def build(n: int = 6, *, behaviours: dict[int, Behaviour] | None = None, rounds:
             schema=Schema.from_tensors({TENSOR: np.zeros(DIM, np.float32)}),
             neighbour_degrees={ids[j]: len(adjacency[j]) for j in adjacency[i]},
             gossip=gossip,
-            defence=Mean(),
+            defence=defence or Mean(),
             initial=np.ones(DIM, np.float32),
             seed=11,
             compute=trio.CapacityLimiter(1),
@@ -176,6 +179,17 @@ def test_a_neighbour_sending_invalid_updates_loses_reputation() -> None:
     victim = net.peers[0]
     assert victim.rejections == {"malformed": 1}
     assert victim.reputation.score(liar.peer_id) < victim.reputation.score(net.ids[-1])
+
+
+def test_a_neighbour_the_defence_drops_every_step_is_reported_to_membership_as_low_trust() -> None:
+    ids = [Identity.for_peer(11, i).peer_id for i in range(6)]
+    net = build(rounds=3, q=2, behaviours={1: SignFlip()}, defence=Oracle(frozenset({ids[1]}), Mean()))
+    run(net, 3)
+    evidence = dict(net.peers[0].membership_evidence())  # ring: peer 0's neighbours are 1 and 5
+    assert set(evidence) == {ids[1]} and evidence[ids[1]].kind is EvidenceKind.LOW_TRUST
+    assert not net.peers[0].reputation.is_quarantined(ids[1])  # far drops alone never quarantine
+    assert net.peers[1].membership_evidence() == []  # the attacker reports nothing
+    assert dict(net.peers[3].membership_evidence()) == {}  # nothing against honest neighbours
 
 
 def test_equivocation_drops_both_updates_and_hits_reputation() -> None:

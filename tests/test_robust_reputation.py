@@ -148,3 +148,46 @@ def test_snapshot_is_a_plain_score_mapping() -> None:
     table.update([KEPT, verdict("y", Outcome.MISSING)], 0)
     snap = table.snapshot()
     assert set(snap) == {"x", "y"} and all(isinstance(v, float) for v in snap.values())
+
+
+def test_a_neighbour_dropped_as_far_every_step_is_low_trust_after_three_rounds_but_never_quarantined() -> None:
+    table = ReputationTable()
+    far = verdict("flip", Outcome.DROPPED, reasons.FAR)
+    for r in range(2):
+        run_rounds(table, range(r, r + 1), 4, [far])
+        assert table.low_trust() == {}
+    run_rounds(table, range(2, 3), 4, [far])
+    assert table.low_trust() == {"flip": 3}
+    assert not table.is_quarantined("flip")
+
+
+def test_an_honest_neighbour_kept_once_a_round_is_never_low_trust_however_often_it_is_dropped() -> None:
+    table = ReputationTable()
+    for r in range(20):  # non-IID: far or worse on our validation in 3 of 4 steps, kept in one
+        table.update([verdict("noniid", Outcome.DROPPED, reasons.FAR)], r)
+        table.update([verdict("noniid", Outcome.DROPPED, reasons.WORSE)], r)
+        table.update([verdict("noniid", Outcome.DROPPED, reasons.FAR)], r)
+        table.update([verdict("noniid", Outcome.KEPT)], r)
+        table.end_round(r)
+        assert table.low_trust() == {}
+
+
+def test_silence_is_not_low_trust_and_an_absent_identity_is_not_accused_again() -> None:
+    table = ReputationTable()
+    run_rounds(table, range(10), 4, [verdict("quiet", Outcome.MISSING)])
+    assert table.low_trust() == {}
+    run_rounds(table, range(10, 13), 4, [verdict("flip", Outcome.DROPPED, reasons.FAR)])
+    assert "flip" in table.low_trust()
+    table.end_round(13)  # evicted: it sent nothing this round
+    assert table.low_trust() == {}
+    table.update([verdict("flip", Outcome.DROPPED, reasons.FAR)], 14)  # back after its cooldown, still flipping
+    table.end_round(14)
+    assert table.low_trust() == {"flip": 4}  # the table remembered it: accused after one round back
+
+
+def test_low_trust_survives_a_restart() -> None:
+    table = ReputationTable()
+    run_rounds(table, range(2), 4, [verdict("flip", Outcome.DROPPED, reasons.FAR)])
+    restored = ReputationTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    run_rounds(restored, range(2, 3), 4, [verdict("flip", Outcome.DROPPED, reasons.FAR)])
+    assert restored.low_trust() == {"flip": 3}

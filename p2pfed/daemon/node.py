@@ -33,7 +33,6 @@ from p2pfed.daemon.status import STATUS_FILE, NodeStatus, append_metrics, metric
 from p2pfed.errors import CheckpointError, ConfigError, NetworkError
 from p2pfed.learn import LearnConfig, TaskModel, split_validation
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
-from p2pfed.net.membership import Evidence, EvidenceKind
 from p2pfed.peer.checkpoint import Checkpoint, load_checkpoint
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
@@ -289,8 +288,8 @@ class Node:
 
     def _on_round(self, report: RoundReport) -> None:
         self.transport.local_round = report.round + 1
-        for pid, until in self.peer.reputation.quarantined().items():  # evidence for membership
-            self.transport.report(pid, Evidence(EvidenceKind.QUARANTINED, f"until round {until}"))
+        for pid, evidence in self.peer.membership_evidence():
+            self.transport.report(pid, evidence)
         neighbours = len(self.transport.neighbours())
         self.metrics.observe(
             report, self.transport.neighbours(), self.transport.counters, self.transport.relay_use()

@@ -25,6 +25,7 @@ import trio
 
 from p2pfed.attacks.base import Behaviour
 from p2pfed.config import GossipConfig
+from p2pfed.net.membership import Evidence, EvidenceKind
 from p2pfed.net.transport import Transport
 from p2pfed.peer.byzantine import Attacker
 from p2pfed.peer.checkpoint import Checkpoint, save_checkpoint
@@ -174,6 +175,22 @@ class Peer:
     def rejections(self) -> Counter[str]:
         """Rejected messages by reason, since the start."""
         return self.intake.rejections
+
+    def membership_evidence(self) -> list[tuple[str, Evidence]]:
+        """What this peer's defence learnt against identities, for membership to act on at the round's end
+        (`join` and sampling sims alike): those in quarantine, and neighbours of persistently low trust
+        (`ReputationTable.low_trust`). A Byzantine peer reports nothing."""
+        if self.byzantine:
+            return []
+        quarantined = [
+            (pid, Evidence(EvidenceKind.QUARANTINED, f"until round {until}"))
+            for pid, until in sorted(self.reputation.quarantined().items())
+        ]
+        low = [
+            (pid, Evidence(EvidenceKind.LOW_TRUST, f"below the prior for {rounds} judged rounds"))
+            for pid, rounds in sorted(self.reputation.low_trust().items())
+        ]
+        return quarantined + low
 
     def network_round(self) -> int | None:
         """The (lower) median of the neighbours' newest signed rounds, or None before any arrived."""

@@ -18,7 +18,17 @@ influence. The update rule, per verdict, with the defaults of `ReputationConfig`
 
 When s falls below `quarantine_below` (0.08) the identity is quarantined for `cooldown · 2^(offences − 1)`
 rounds after the current one (3, 6, 12, … capped at `max_cooldown` = 48); on release s is raised to
-`probation` (0.1), so it must earn its way back. What this means (Q = gossip steps per round):
+`probation` (0.1), so it must earn its way back.
+
+**Persistent low trust** (evidence for membership, `low_trust()`): a neighbour that was judged (its update
+kept or dropped) in each of `low_trust_rounds` (3) consecutive rounds and ended each of them below the
+prior, where a stranger starts. One kept step is worth about twenty weak drops (+0.04 against −0.002 near
+the prior), so this means the peer's own checks rejected nearly everything it sent for three rounds, or
+found it harmful or worse on balance. A sign-flipped vector that the distance rule drops as "far" every
+step settles near 0.1: never quarantined, but never useful, and it holds a neighbour slot. Membership
+replaces it; an honest neighbour that is kept now and then, however non-IID, stays above the prior.
+
+What this means (Q = gossip steps per round):
 - from the prior, six consecutive "harmful" verdicts quarantine an identity (0.2 · 0.85^6), 31 "worse"
   ones do too;
 - an always-kept peer settles near 0.77 (Q = 1), 0.86 (Q = 2) or 0.93 (Q = 5); one harmful verdict costs
@@ -57,6 +67,7 @@ class ReputationConfig:
     cooldown: int = 3  # rounds, doubled for each repeated offence
     max_cooldown: int = 48
     probation: float = 0.1  # score on release: above the threshold, below the prior
+    low_trust_rounds: int = 3  # judged rounds in a row below the prior: evidence for membership
 
 
 @dataclass
@@ -66,6 +77,9 @@ class ReputationTable:
     _until: dict[str, int] = field(default_factory=dict)  # identity -> first round it is free again
     _offences: dict[str, int] = field(default_factory=dict)
     _round: int = 0
+    _low_rounds: dict[str, int] = field(default_factory=dict)  # identity -> judged rounds in a row below prior
+    _judged: set[str] = field(default_factory=set)  # identities kept or dropped in the current round
+    _last_judged: set[str] = field(default_factory=set)  # ... in the last round that ended
 
     def score(self, identity: str) -> float:
         return self._scores.get(identity, self.config.prior)
@@ -81,6 +95,8 @@ class ReputationTable:
             if v.outcome is Outcome.QUARANTINED or self.is_quarantined(v.sender):
                 continue
             s = self.score(v.sender)
+            if v.outcome in (Outcome.KEPT, Outcome.DROPPED):
+                self._judged.add(v.sender)
             if v.outcome is Outcome.KEPT:
                 s += c.gain * (1.0 - s)
             elif v.outcome is Outcome.DROPPED:
@@ -96,9 +112,14 @@ class ReputationTable:
                 self._quarantine(v.sender)
 
     def end_round(self, round: int) -> None:
-        """Forget a little toward the prior and release quarantines whose cooldown has passed."""
+        """Count persistent low trust, forget a little toward the prior and release quarantines whose
+        cooldown has passed."""
         c = self.config
         self._round = max(self._round, round + 1)
+        for identity in self._judged:
+            low = self.score(identity) < c.prior and not self.is_quarantined(identity)
+            self._low_rounds[identity] = self._low_rounds.get(identity, 0) + 1 if low else 0
+        self._last_judged, self._judged = self._judged, set()
         for identity in [i for i, until in self._until.items() if until <= self._round]:
             del self._until[identity]
             self._scores[identity] = max(self.score(identity), c.probation)
@@ -114,6 +135,16 @@ class ReputationTable:
         """identity -> first round it is free again."""
         return {i: u for i, u in self._until.items() if u > self._round}
 
+    def low_trust(self) -> dict[str, int]:
+        """identity -> judged rounds in a row it ended below the prior, for those at `low_trust_rounds` or
+        more that were judged in the last round (a neighbour still sending: an evicted one is not accused
+        again while it is away, so its cooldown runs out) and are not in quarantine (see the module
+        docstring): membership's LOW_TRUST evidence."""
+        return {
+            i: n for i, n in self._low_rounds.items()
+            if n >= self.config.low_trust_rounds and i in self._last_judged and not self.is_quarantined(i)
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": 1,
@@ -121,6 +152,7 @@ class ReputationTable:
             "scores": dict(self._scores),
             "quarantined_until": dict(self._until),
             "offences": dict(self._offences),
+            "low_rounds": dict(self._low_rounds),
             "config": asdict(self.config),
         }
 
@@ -136,6 +168,7 @@ class ReputationTable:
             _scores={str(k): float(v) for k, v in data.get("scores", {}).items()},
             _until={str(k): int(v) for k, v in data.get("quarantined_until", {}).items()},
             _offences={str(k): int(v) for k, v in data.get("offences", {}).items()},
+            _low_rounds={str(k): int(v) for k, v in data.get("low_rounds", {}).items()},
             _round=int(data.get("round", 0)),
         )
 
