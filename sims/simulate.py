@@ -366,6 +366,8 @@ def build_peers(
             poisoned = behaviour.poison_labels(true, model.num_classes, poison_rng)
             labels = None if poisoned is true else poisoned
         local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels, test_sample=test_sample)
+        if collusion is not None:  # white-box attackers know their victims' validation class counts
+            collusion.validation_classes[ids[i]] = local.validation_classes
         neighbours: Mapping[str, int] = {ids[j]: len(adjacency[j]) for j in adjacency[i]}
         gate: dict[str, Any] = {}
         if network is not None and network.membership is not None:  # sampling: neighbours change per round

@@ -26,6 +26,8 @@ class FakeLocal:
     def validation_scores(self, vectors: np.ndarray) -> np.ndarray:
         return -np.linalg.norm(vectors - self.target, axis=1, keepdims=True).astype(np.float32)
 
+    validation_classes = None  # a loss-like score, as for instruction data
+
     def evaluate(self, vector: np.ndarray) -> Eval:
         loss = float(np.linalg.norm(vector))
         return Eval(accuracy=1.0 / (1.0 + loss), loss=loss)

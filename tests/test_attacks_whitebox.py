@@ -104,3 +104,25 @@ def test_colluders_share_one_search_but_send_distinct_vectors_to_a_defence_that_
     assert first.vector is not None and second.vector is not None
     assert not np.array_equal(first.vector, second.vector)
     np.testing.assert_allclose(first.vector, second.vector, atol=0.2)
+
+
+@dataclass(frozen=True)
+class RecordsEvidence(WithinRadius):
+    """Remembers the validation class count of the inputs it was asked to judge."""
+
+    seen: list[int | None] = field(default_factory=list)
+
+    def __call__(self, inp: DefenceInput) -> DefenceResult:
+        self.seen.append(inp.validation_classes)
+        return super().__call__(inp)
+
+
+def test_it_models_the_victims_validation_class_count_from_the_collusion_board() -> None:
+    board = Collusion()
+    board.validation_classes["r"] = 1
+    defence = RecordsEvidence()
+    WhiteBox(iterations=3).outgoing(context(defence, collusion=board))
+    assert defence.seen and set(defence.seen) == {1}
+    unknown = RecordsEvidence()
+    WhiteBox(iterations=3).outgoing(context(unknown, collusion=Collusion()))
+    assert set(unknown.seen) == {None}

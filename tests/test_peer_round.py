@@ -347,3 +347,17 @@ def test_the_defence_sees_where_our_round_started_and_where_our_own_training_too
     second = [s for s in seen if s[0] == 1][0]
     assert not np.allclose(second[1], first[0][2])  # round 1 starts where mixing left us, not where we trained
     np.testing.assert_allclose(second[2], 0.5 * (second[1] + target), rtol=1e-5)
+
+
+def test_local_model_counts_the_classes_of_its_validation_split() -> None:
+    from types import SimpleNamespace
+
+    from p2pfed.peer.local import LocalModel
+
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    model = SimpleNamespace(kind="classification", train_labels=labels)
+    gossip = GossipConfig()
+    assert LocalModel(model, np.arange(6), np.array([2, 3, 4]), gossip).validation_classes == 1  # type: ignore[arg-type]
+    assert LocalModel(model, np.arange(6), np.array([0, 5]), gossip).validation_classes == 2  # type: ignore[arg-type]
+    chat = SimpleNamespace(kind="instruction", train_labels=labels)
+    assert LocalModel(chat, np.arange(6), np.array([0]), gossip).validation_classes is None  # type: ignore[arg-type]

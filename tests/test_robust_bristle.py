@@ -680,3 +680,70 @@ def test_far_neighbours_cannot_widen_the_far_limit_beyond_our_own_update() -> No
     new = by_sender(Bristle(explore=0)(inp))
     assert new["p0"][0] is Outcome.KEPT
     assert all(new[f"p{i}"][:2] == (Outcome.DROPPED, reasons.FAR) for i in (1, 2, 3))
+
+
+def single_class_validation(bias: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], list[int]]:
+    """Fake per-class F1 of a peer whose validation rows are all of class 0: the closer a model is to
+    `bias` ("always answer class 0"), the higher it scores; class 1 is absent (exactly 1 for every model).
+    Also returns a list that counts the calls."""
+    calls: list[int] = []
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        score = 1.0 / (1.0 + np.linalg.norm(x - bias[None, :], axis=1))
+        return np.stack([score, np.ones(len(x))], axis=1).astype(np.float32)
+
+    return evaluate, calls
+
+
+def test_validation_of_a_single_class_is_no_evidence() -> None:
+    # The default sim's peer with 50 spam validation rows: honest neighbours, who also answer "ham", score
+    # worse there than a vector pushed toward "spam for everything". Such scores must neither drop the
+    # honest neighbours nor boost the biased one.
+    bias = np.full(D, 0.1)
+    received = np.vstack([honest(3), bias[None, :] + 0.01])
+    evaluate, calls = single_class_validation(bias)
+
+    judged = Bristle()(dataclasses.replace(make_input(received, evaluate=evaluate), validation_classes=2))
+    verdicts = by_sender(judged)
+    assert all(verdicts[f"p{i}"][:2] == (Outcome.DROPPED, reasons.WORSE) for i in range(3))
+    assert verdicts["p3"][0] is Outcome.KEPT
+
+    calls.clear()
+    out = Bristle()(dataclasses.replace(make_input(received, evaluate=evaluate), validation_classes=1))
+    verdicts = by_sender(out)
+    assert calls == []  # not even asked
+    assert all(verdict[0] is Outcome.KEPT for verdict in verdicts.values())
+    weights = [verdict[2] for verdict in verdicts.values()]
+    assert max(weights) == pytest.approx(min(weights))  # every neighbour counts by its mixing weight alone
+    plain = Bristle()(make_input(received))  # as without any validation data
+    np.testing.assert_allclose(out.mixed, plain.mixed, rtol=1e-6)
+
+
+def test_validation_of_two_classes_is_evidence() -> None:
+    evaluate = closeness_to_target(np.ones(D), classes=2)
+    received = np.vstack([honest(4), np.full((1, D), -3.0)])
+    for classes in (None, 2):  # unknown (a plug-in caller) or two classes: scores are evidence
+        inp = dataclasses.replace(make_input(received, evaluate=evaluate), validation_classes=classes)
+        outcome, reason, _ = by_sender(Bristle()(inp))["p4"]
+        assert (outcome, reason) in {(Outcome.DROPPED, reasons.HARMFUL), (Outcome.DROPPED, reasons.WORSE)}
+
+
+def test_neighbours_next_to_us_cannot_make_honest_ones_far() -> None:
+    # Isolation: two colluders echo our own vector, so the lower-median distance is theirs (~0) and, with
+    # the far limit and radius scaled by it alone, the honest neighbours (√2·u away, as after a round of
+    # training from one start) would be "far" and we would train alone. The scale is at least u.
+    e = np.eye(D, dtype=np.float32)
+    own, anchor = e[0], np.zeros(D, np.float32)  # u = 1
+    received = np.vstack([e[1], e[2], own + 0.001 * e[3], own + 0.001 * e[4]])
+    inp = dataclasses.replace(make_input(received, own=own), anchor=anchor, trained=own)
+
+    isolated = by_sender(Bristle(scale_floor=0.0)(inp))
+    assert isolated["p0"][:2] == isolated["p1"][:2] == (Outcome.DROPPED, reasons.FAR)
+
+    out = Bristle()(inp)
+    verdicts = by_sender(out)
+    assert verdicts["p0"][0] is verdicts["p1"][0] is Outcome.KEPT
+    # and they pull us: by at least u (the radius floor) times their weight each, toward e1 and e2
+    assert out.mixed[1] >= 0.99 * verdicts["p0"][2] * (1 / np.sqrt(2))
+    assert out.mixed[2] >= 0.99 * verdicts["p1"][2] * (1 / np.sqrt(2))

@@ -28,6 +28,9 @@ class Collusion:
 
     honest: dict[tuple[int, int], dict[str, FloatVector]] = field(default_factory=dict)
     shared: dict[Hashable, Any] = field(default_factory=dict)  # what one colluder computed for all
+    # white-box knowledge of the victims: peer ID -> classes in its validation split (see
+    # `DefenceInput.validation_classes`), filled in by the simulation that builds the peers
+    validation_classes: dict[str, int | None] = field(default_factory=dict)
 
     def post(self, round: int, step: int, vectors: dict[str, FloatVector]) -> None:
         self.honest.setdefault((round, step), {}).update(vectors)

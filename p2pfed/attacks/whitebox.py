@@ -8,7 +8,9 @@ with its own (`ctx.evaluate`). For one recipient r it rebuilds the defence's inp
   history of what it received; in round 0 the run's shared initial vector); r's trained vector = what r sent
   at this round's first step;
 - neighbours = the `peers_modelled` honest vectors nearest to r's, plus one candidate, at equal
-  Metropolis-Hastings weights and equal (new) reputation.
+  Metropolis-Hastings weights and equal (new) reputation;
+- r's validation class count, from the Collusion board (a simulation tells the attackers every peer's):
+  a defence that ignores single-class validation scores is modelled as doing so.
 
 Then, for each harmful direction d — toward zero as IPM does (−μ/‖μ‖, μ the honest mean), undoing r's local
 update (−Δ_r), away from the honest mean as dissensus does, and −σ as ALIE does — it bisects for the largest
@@ -50,6 +52,7 @@ class Victim:
     anchor: Floats | None
     trained: Floats | None
     neighbours: Floats  # (m, d) honest vectors it would also see
+    validation_classes: int | None = None  # classes in its validation split, if the colluders know it
 
 
 def unit(v: Floats) -> Floats | None:
@@ -113,6 +116,7 @@ class WhiteBox(Behaviour):
                 round=ctx.round,
                 anchor=None if victim.anchor is None else victim.anchor.astype(np.float32),
                 trained=None if victim.trained is None else victim.trained.astype(np.float32),
+                validation_classes=victim.validation_classes,
             )
             out = defence(inp)
             kept = any(
@@ -158,6 +162,9 @@ class WhiteBox(Behaviour):
             anchor=None if anchor is None else np.asarray(anchor, dtype=np.float64),
             trained=None if trained is None else np.asarray(trained, dtype=np.float64),
             neighbours=others[nearest],
+            validation_classes=(
+                ctx.collusion.validation_classes.get(ctx.recipient) if ctx.collusion is not None else None
+            ),
         )
 
     @staticmethod

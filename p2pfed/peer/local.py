@@ -42,6 +42,14 @@ class LocalModel:
     def validation_scores(self, vectors: FloatMatrix) -> FloatMatrix:
         return self.model.score(vectors, self.val_indices)
 
+    @property
+    def validation_classes(self) -> int | None:
+        """Classes with rows in our validation split (true labels: the split is ours), None for instruction
+        data, whose score is a loss over all of it."""
+        if self.model.kind != "classification":
+            return None
+        return int(np.unique(self.model.train_labels[self.val_indices]).size)
+
     def evaluate(self, vector: FloatVector) -> EvalResult:
         if self.test_sample is None:
             return self.model.evaluate(vector)

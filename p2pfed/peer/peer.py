@@ -376,6 +376,7 @@ class Peer:
             round=rnd,
             anchor=anchor,
             trained=trained,
+            validation_classes=self.local.validation_classes,
         )
         result = await self.blocking(self.defence, inp)
         self.vector = result.mixed.astype(np.float32, copy=False)

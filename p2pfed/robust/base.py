@@ -31,6 +31,10 @@ class DefenceInput:
     # The peer's own evidence, which no neighbour sets (Bristle scales its bound and its reference by it):
     anchor: FloatVector | None = None  # our vector at the start of this round, before local training
     trained: FloatVector | None = None  # our vector right after this round's local training
+    # how many classes our validation split has rows of (None: unknown, or not classification). Per-class
+    # scores on a split of one class measure only how often a model predicts that class: they cannot tell a
+    # constant predictor from a good model, so Bristle does not take them as evidence (`min_evidence_classes`).
+    validation_classes: int | None = None
 
     @property
     def local_update(self) -> FloatVector | None:

@@ -17,6 +17,10 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
    Byzantine (3 of 4 on a sparse graph) the lower median is one of theirs, so sign-flipped vectors, ~2‖x‖
    away, set their own limit and all counted as near. Honest neighbours that trained from about where we
    started sit within about √2 · u, well inside 4 · 2u, so an attack-free step is unchanged.
+   The scale is also at least `scale_floor` · u (session 12), and so is the clipping radius of step 4:
+   colluders that echo our own vector sit next to us, so the lower median was theirs and honest
+   neighbours at √2 · u were "far" (or clipped to nothing): isolation. Measured on the default sim with
+   2 of 8 white-box attackers, a peer with 2 Byzantine neighbours of 4 then trained alone.
 3. **Performance integrator** (one `evaluate` call on [own, *kept] stacked). Per class c, over the
    informative classes (those present in our validation split: some model scores strictly between 0 and
    1), the candidate's Δ_jc = score_jc − ref_c, where ref_c = min(our score, the typical score (the
@@ -82,7 +86,15 @@ attack-free run mixes as before. `tests/test_robust_bristle.py` checks all three
 vectors. Without that evidence (a plug-in caller, a late joiner adopting its neighbours) the radius is the
 neighbour-set one alone and no bound is claimed.
 
-Without `evaluate` (no validation data) step 3 is skipped and nothing is explored: distance only.
+Without `evaluate` (no validation data) step 3 is skipped and nothing is explored: distance only. The same
+holds when our validation split has rows of fewer than `min_evidence_classes` (2) classes
+(`DefenceInput.validation_classes`, our own labels; session 12). Per-class F1 on a split of one class only
+measures how often a model predicts that class, so a constant predictor scores best: on the default
+simulation (SMS spam, Dirichlet 0.5) one honest peer holds 279 spam rows and 1 ham row, its 50 validation
+rows are all spam, and there step 3 dropped its honest neighbours ("worse") and boosted a white-box attacker
+that pushed it to answer "spam" to everything (test accuracy 0.13, the minority class). Such a peer mixes
+by distance, the amplify rule and the bound alone: each neighbour counts by its Metropolis-Hastings
+weight, none by a score that cannot tell good from constant.
 """
 
 from __future__ import annotations
@@ -122,16 +134,17 @@ def prioritize(
     rng: np.random.Generator | None,
     groups: Indices | None = None,
     most: float = np.inf,
+    least: float = 0.0,
 ) -> tuple[Indices, Indices]:
-    """(kept, dropped) indices: the `keep` nearest within `far_factor` × the lower-median distance (or
-    × `most`, if smaller), plus `explore` random others when `rng` is given. With `groups` (a label per
+    """(kept, dropped) indices: the `keep` nearest within `far_factor` × the lower-median distance
+    (raised to `least`, then lowered to `most`), plus `explore` random others when `rng` is given. With `groups` (a label per
     candidate, see `duplicate_groups`), a group of near-duplicates takes one of the `keep` places, so that
     colluders sending copies of one vector near us cannot crowd honest neighbours out."""
     n = distances.size
     if n == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
     order = np.argsort(distances, kind="stable")
-    scale = min(float(distances[order[(n - 1) // 2]]), most)
+    scale = min(max(float(distances[order[(n - 1) // 2]]), least), most)
     limit = far_factor * scale if scale > 0 else np.inf
     labels = np.arange(n) if groups is None else groups
     admitted: set[int] = set()
@@ -208,8 +221,13 @@ class Bristle:
     floor_from_anchor: bool = True
     # the far limit's scale is at most bound_factor × u: a majority of far neighbours cannot widen it
     far_from_update: bool = True
+    # ... and the far limit's and the clipping radius's scale are at least this × u: neighbours that sit
+    # next to us cannot make honest ones look far, or shrink their pull to nothing (isolation); 0 = off
+    scale_floor: float = 1.0
     # each kept candidate's clipping radius × its standing on our own validation (`evidence.standing`)
     evidence_radius: bool = True
+    # validation scores count as evidence only when our split has rows of at least this many classes
+    min_evidence_classes: int = 2
     new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
     newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
     newcomer_cap: float = 0.5  # ... and get at most this share of a mix with established peers
@@ -234,12 +252,14 @@ class Bristle:
         vectors = inp.received if candidates.size == n else inp.received[candidates]
         offsets, gram = offsets_and_gram(vectors, inp.own)
         distances = np.sqrt(np.diag(gram))
-        rng = inp.rng if inp.evaluate is not None else None
+        evaluate = inp.evaluate if self.has_evidence(inp) else None
+        rng = inp.rng if evaluate is not None else None
         scale = lower_median(distances)
         unit = own_unit(inp)
         most = self.bound_factor * unit if self.far_from_update and unit is not None else np.inf
+        least = min(self.scale_floor * unit, most) if unit is not None else 0.0
         groups = duplicate_groups(gram, self.duplicate_factor * scale)
-        near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng, groups, most)
+        near, far = prioritize(distances, self.keep, self.explore, self.far_factor, rng, groups, most, least)
         for i, dist in zip(candidates[far].tolist(), distances[far].tolist(), strict=True):
             ratio = dist / scale if scale > 0 else 0.0
             verdicts[i] = Verdict(inp.senders[i], Outcome.DROPPED, score=ratio, reason=reasons.FAR)
@@ -247,11 +267,11 @@ class Bristle:
         perf = np.ones(near.size)
         mean_delta = np.zeros(near.size)
         grant = np.ones(near.size)
-        if inp.evaluate is not None and near.size:
+        if evaluate is not None and near.size:
             kept = candidates[near]
             anchor = inp.anchor if self.anchor_reference and unit is not None else None
             worse, harmful, perf, mean_delta, grant = self._evaluate(
-                inp.evaluate, inp.own, inp.received, kept, anchor
+                evaluate, inp.own, inp.received, kept, anchor
             )
             for i, d, h in zip(
                 kept[worse].tolist(),
@@ -272,7 +292,7 @@ class Bristle:
         weights = cap_weights(weights, self.max_boost * inp.mixing_weights[1 + kept].astype(np.float64))
         radius = self.clip_factor * scale if scale > 0 else np.inf
         if unit is not None:
-            radius = min(radius, self.bound_factor * unit)
+            radius = min(max(radius, self.scale_floor * unit), self.bound_factor * unit)
         offset_weights = np.zeros(candidates.size)  # 0 for the candidates not kept
         offset_weights[near] = weights[1:]
         radii = np.full(candidates.size, radius)
@@ -291,6 +311,13 @@ class Bristle:
                 weights[0],
             )
         return result(mixed, [verdicts[i] for i in range(n)], invalid)
+
+    def has_evidence(self, inp: DefenceInput) -> bool:
+        """Whether our validation scores can be evidence this step: there is an evaluator, and our split
+        has rows of at least `min_evidence_classes` classes (or its class count is unknown)."""
+        if inp.evaluate is None:
+            return False
+        return inp.validation_classes is None or inp.validation_classes >= self.min_evidence_classes
 
     def amplifies(self, inp: DefenceInput) -> npt.NDArray[np.bool_]:
         """Which candidates would push us further along our own local update û = (trained − anchor) / u,
