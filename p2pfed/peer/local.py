@@ -7,6 +7,7 @@ simulation of many peers costs one model plus a flat vector per peer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +43,7 @@ class LocalModel:
     def validation_scores(self, vectors: FloatMatrix) -> FloatMatrix:
         return self.model.score(vectors, self.val_indices)
 
-    @property
+    @cached_property  # the split never changes, and the defence asks every gossip step
     def validation_classes(self) -> int | None:
         """Classes with rows in our validation split (true labels: the split is ours), None for instruction
         data, whose score is a loss over all of it."""

@@ -18,8 +18,7 @@ One gossip step of an honest peer i, on what arrived from its neighbours:
    away, set their own limit and all counted as near. Honest neighbours that trained from about where we
    started sit within about √2 · u, well inside 4 · 2u, so an attack-free step is unchanged.
    The scale is also at least `scale_floor` · u (session 12): colluders that echo our own vector sit
-   next to us, so the lower median was theirs and honest neighbours at √2 · u were "far": isolation. Measured on the default sim with
-   2 of 8 white-box attackers, a peer with 2 Byzantine neighbours of 4 then trained alone.
+   next to us, so the lower median was theirs and honest neighbours at √2 · u were "far" (isolation).
 3. **Performance integrator** (one `evaluate` call on [own, *kept] stacked). Per class c, over the
    informative classes (those present in our validation split: some model scores strictly between 0 and
    1), the candidate's Δ_jc = score_jc − ref_c, where ref_c = min(our score, the typical score (the
@@ -136,9 +135,10 @@ def prioritize(
     least: float = 0.0,
 ) -> tuple[Indices, Indices]:
     """(kept, dropped) indices: the `keep` nearest within `far_factor` × the lower-median distance
-    (raised to `least`, then lowered to `most`), plus `explore` random others when `rng` is given. With `groups` (a label per
-    candidate, see `duplicate_groups`), a group of near-duplicates takes one of the `keep` places, so that
-    colluders sending copies of one vector near us cannot crowd honest neighbours out."""
+    (raised to `least`, then lowered to `most`), plus `explore` random others when `rng` is given. With
+    `groups` (a label per candidate, see `duplicate_groups`), a group of near-duplicates takes one of the
+    `keep` places, so that colluders sending copies of one vector near us cannot crowd honest neighbours
+    out."""
     n = distances.size
     if n == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
