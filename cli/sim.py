@@ -11,6 +11,7 @@ from tqdm import tqdm
 from p2pfed.cli.options import key_values
 from p2pfed.config import LORA_MODES, LR_SCHEDULES, MAX_NEIGHBOURS, GossipConfig, RunManifest
 from p2pfed.learn import LearnConfig
+from p2pfed.learn.config import OPTIMIZERS
 from p2pfed.peer.topology import DEFAULT_DEGREE, TOPOLOGIES, fit_degree
 from p2pfed.robust.registry import DEFAULT_DEFENCE
 from p2pfed.sims.placement import PLACEMENTS
@@ -26,6 +27,8 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--rho", default=GossipConfig.rho, show_default=True,
               help="SAM radius ρ; 0 turns SAM off (plain local SGD/Adam, i.e. D-PSGD).")
 @click.option("--lr", default=GossipConfig.lr, show_default=True, help="Local learning rate.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=LearnConfig.optimizer, show_default=True,
+              help="Local optimizer: adam (fresh state every round) or sgd (plain SGD, as in DFedSAM).")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=GossipConfig.lr_schedule, show_default=True,
               help="How --lr changes over the rounds: constant, or cosine down to --lr-final·lr at the last "
                    "round (the last rounds' local drift then stays small on non-IID data).")
@@ -106,7 +109,7 @@ from p2pfed.sims.placement import PLACEMENTS
               help="With --processes: the probability, per peer and round, that the peer is SIGKILLed during "
                    "its next round and restarted from its checkpoint (a churn soak; the last 2 rounds are calm).")
 def sim(
-    peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, lr_schedule: str,
+    peers: int, rounds: int, local_steps: int, gossip_steps: int, rho: float, lr: float, optimizer: str, lr_schedule: str,
     lr_final: float, restore_update: float, logit_adjust: float, step_timeout: float,
     topology: str, degree: int | None, edge_probability: float, partition: str, alpha: float, classes_per_peer: int, model: str,
     task: str, data_file: Path | None, lora_mode: str, lora_rank: int, adapt_layers: int, byzantine: int,
@@ -183,7 +186,8 @@ def sim(
                 lora_rank=lora_rank,
                 adapt_layers=adapt_layers,
                 seed=seed,
-            )
+            ),
+            optimizer=optimizer,
         ),
     )
     validate(cfg)

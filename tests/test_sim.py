@@ -143,3 +143,14 @@ def test_cli_help_explains_the_options() -> None:
     assert result.exit_code == 0
     for option in ("--peers", "--gossip-steps", "--rho", "--attack", "--defence", "--out"):
         assert option in result.output
+
+
+def test_cli_optimizer_option_reaches_the_run(tmp_path: Path) -> None:
+    """`--optimizer sgd` trains with plain SGD, and the run's config.json says so."""
+    out = tmp_path / "run"
+    args = ["sim", "--peers", "3", "--rounds", "1", "-K", "2", "-Q", "1", "--optimizer", "sgd", "--lr", "0.5",
+            "--no-adapters", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["learn"]["optimizer"] == "sgd"
