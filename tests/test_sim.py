@@ -146,7 +146,7 @@ def test_cli_help_explains_the_options() -> None:
 
 
 def test_cli_optimizer_option_reaches_the_run(tmp_path: Path) -> None:
-    """`--optimizer sgd` trains with plain SGD, and the run's config.json says so."""
+    """`--optimizer sgd` reaches the run's LearnConfig: the run finishes and its config.json records sgd."""
     out = tmp_path / "run"
     args = ["sim", "--peers", "3", "--rounds", "1", "-K", "2", "-Q", "1", "--optimizer", "sgd", "--lr", "0.5",
             "--no-adapters", "--out", str(out)]
