@@ -134,10 +134,17 @@ def experiment(
       p2pfed experiment --attacks alie --defences mean,bristle --attack-param alie.z=4
       p2pfed experiment --config grid.toml --workers 2 --out runs/my-grid
       p2pfed experiment --list                            (what would run, and what is done)
+      p2pfed experiment --model smollm2 --task chatterbot --peers 9 --byzantine 3 --rounds 3 \
+          --defences mean,bristle                         (chat data: its attacks, perplexity table)
     """
-    from p2pfed.sims.experiment import default_base, experiment_from_mapping, read_toml
+    from p2pfed.sims.experiment import (
+        attack_names,
+        default_base,
+        experiment_from_mapping,
+        read_toml,
+    )
     from p2pfed.sims.grid_runner import CONFIG, RESULTS, run_grid
-    from p2pfed.sims.report import load_results, write_report
+    from p2pfed.sims.report import ATTACK_FREE, load_results, write_report
 
     if ray_address is not None:
         from p2pfed.sims.ray_cluster import require_ray
@@ -176,6 +183,8 @@ def experiment(
         "seeds": _numbers(seeds, "--seeds"), "workers": workers,
     }
     grid.update({k: v for k, v in axes.items() if v is not None})
+    if "attacks" not in grid and _instruction_task(str(base.get("task", default_base().learn.run.task))):
+        grid["attacks"] = (ATTACK_FREE, *attack_names("instruction"))  # the attacks that fit chat data
     for table, values, option in (("attack_params", attack_params, "--attack-param"),
                                   ("defence_params", defence_params, "--defence-param")):
         for name, params in _parse_params(values, option).items():
@@ -229,3 +238,10 @@ def experiment(
 
 
 commands = [experiment]
+
+
+def _instruction_task(task: str) -> bool:
+    """Whether `task` holds instruction rows (chat data), read from the task itself."""
+    from p2pfed.learn.data import load_task
+
+    return load_task(task).kind == "instruction"

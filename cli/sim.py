@@ -275,6 +275,10 @@ def _print_table(summary: dict) -> None:  # type: ignore[type-arg]
         if final.get("byzantine_share_max") is not None:
             click.echo(f"worst-off honest peer: {final['byzantine_share_max']:.0%} of its neighbours Byzantine "
                        f"(peer {final['byzantine_share_max_peer']})")
+        if final.get("backdoor_success_mean") is not None:
+            click.echo(f"backdoor success on {final['backdoor_prompts']} triggered test prompts: "
+                       f"{final['backdoor_success_mean']:.0%} mean, {final['backdoor_success_max']:.0%} worst honest "
+                       f"peer (base model {final['backdoor_success_base']:.0%})")
         if summary.get("placement") == "eclipse":
             click.echo(f"eclipse victims (one honest neighbour left): {summary['eclipse_victims'] or 'none'}")
         hoods = summary.get("neighbourhoods", {})

@@ -43,9 +43,19 @@ GRID_OWNED = {
 }
 
 
-def attack_names() -> tuple[str, ...]:
-    """Every registered attack (Sybil included); the honest behaviour is not an attack."""
-    return (*[name for name, factory in ATTACKS.items() if factory is not Behaviour], SYBIL)
+def attack_names(kind: str = "classification") -> tuple[str, ...]:
+    """Every registered attack that fits `kind` of data ("classification" or "instruction"), Sybil
+    included; the honest behaviour is not an attack. Data poisoning fits one kind: label flipping rewrites
+    class labels, wrong answers and the backdoor rewrite instruction rows. Model-level attacks fit both."""
+    other = "poison_rows" if kind == "classification" else "poison_labels"  # the hook of the other kind
+    return (
+        *[
+            name
+            for name, factory in ATTACKS.items()
+            if factory is not Behaviour and getattr(factory, other, None) is getattr(Behaviour, other)
+        ],
+        SYBIL,
+    )
 
 
 def defence_names() -> tuple[str, ...]:

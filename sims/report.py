@@ -46,6 +46,12 @@ class CellStats:
     worst: float | None = None  # the worst honest peer's final accuracy, over every seed (None: not recorded)
     majority_baseline: float | None = None  # accuracy of always answering the test set's most common class
     byzantine_share: float | None = None  # the worst-off honest peer's share of Byzantine neighbours, max over seeds
+    # instruction data: held-out response perplexity of the honest peers (mean over seeds) and of the
+    # worst honest peer (highest over seeds); a backdoor's success rate on triggered prompts (mean, worst)
+    perplexity: float | None = None
+    perplexity_worst: float | None = None
+    backdoor: float | None = None
+    backdoor_worst: float | None = None
 
     @property
     def fails_baseline(self) -> bool:
@@ -144,7 +150,15 @@ def _stats(group: list[dict[str, Any]]) -> CellStats:
     worsts = [float(w) for r in group if (w := r["final"].get("honest_accuracy_min")) is not None]
     baselines = [float(b) for r in group if (b := r["final"].get("majority_baseline")) is not None]
     shares = [float(b) for r in group if (b := r["final"].get("byzantine_share_max")) is not None]
+    perplexities = _all(group, "honest_perplexity_mean")
+    worst_perplexities = _all(group, "honest_perplexity_max")
+    backdoors = _all(group, "backdoor_success_mean")
+    worst_backdoors = _all(group, "backdoor_success_max")
     return CellStats(
+        perplexity=float(np.mean(perplexities)) if perplexities else None,
+        perplexity_worst=max(worst_perplexities) if worst_perplexities else None,
+        backdoor=float(np.mean(backdoors)) if backdoors else None,
+        backdoor_worst=max(worst_backdoors) if worst_backdoors else None,
         mean=float(np.mean(finals)),
         sd=sd,
         seeds=len(finals),
@@ -153,6 +167,12 @@ def _stats(group: list[dict[str, Any]]) -> CellStats:
         majority_baseline=max(baselines) if baselines else None,
         byzantine_share=max(shares) if shares else None,
     )
+
+
+def _all(group: list[dict[str, Any]], key: str) -> list[float]:
+    """`final[key]` of every row of the group, or [] unless every row has it."""
+    values = [float(v) for r in group if (v := r["final"].get(key)) is not None]
+    return values if len(values) == len(group) else []
 
 
 # -- report.md -------------------------------------------------------------------------------------
@@ -227,6 +247,28 @@ def exposure_summary(table: GridTable) -> str | None:
     return "Worst-off honest peer's share of Byzantine neighbours (on the graph, over seeds): " + ", ".join(parts) + "."
 
 
+def perplexity_table(table: GridTable) -> str:
+    """Instruction data: honest perplexity (worst honest peer) per cell, and its change against the same
+    defence without attack, in %; a backdoor row also gives its attack success rate."""
+    head = ["attack", *table.defences]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows:
+        cells = []
+        for defence in table.defences:
+            s, base = table.get(row, defence), table.baseline(defence)
+            if s is None or s.perplexity is None:
+                cells.append("—")
+                continue
+            text = f"{s.perplexity:.2f} ({s.perplexity_worst:.2f})"
+            if row[0] != ATTACK_FREE and base is not None and base.perplexity:
+                text += f", {100 * (s.perplexity / base.perplexity - 1):+.1f} %"
+            if s.backdoor is not None:
+                text += f"; backdoor {_pct(s.backdoor)} % (worst {_pct(s.backdoor_worst or 0.0)} %)"
+            cells.append(text)
+        lines.append(f"| {table.label(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def drop_table(table: GridTable) -> str:
     """Points of accuracy each defence loses under each attack, vs the same defence without attack."""
     head = ["attack", *table.defences]
@@ -283,6 +325,18 @@ def render_markdown(
     ]
     if (exposure := exposure_summary(table)) is not None:
         parts += ["", exposure]
+    if any(s.perplexity is not None for s in table.stats.values()):
+        parts += [
+            "",
+            "## Response perplexity",
+            "",
+            "Instruction data: held-out response perplexity of the honest peers (lower is better), mean "
+            "(worst honest peer), and its change against the same defence without attack. Under a backdoor,"
+            " the share of triggered held-out prompts whose greedy answer carries the payload (mean over"
+            " honest peers, worst peer). Accuracy above is next-token accuracy.",
+            "",
+            perplexity_table(table),
+        ]
     if any(s.worst is not None for s in table.stats.values()):
         parts += [
             "",

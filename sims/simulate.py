@@ -26,8 +26,11 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
+from p2pfed.attacks._inner import poisons_labels, poisons_rows
 from p2pfed.attacks.base import Behaviour, Collusion
+from p2pfed.attacks.instruction_poisoning import Backdoor
 from p2pfed.attacks.registry import load_behaviour
+from p2pfed.attacks.sybil import SybilMember
 from p2pfed.config import MAX_NEIGHBOURS, SHARED_SCHEDULE, GossipConfig, RunManifest, write_atomic
 from p2pfed.errors import ConfigError
 from p2pfed.learn import LearnConfig, TaskModel
@@ -249,6 +252,9 @@ def finish_run(
     peers = sorted(peers, key=lambda p: p.index)
     summary = recorder.summary(wall, majority_baseline(model))
     summary.update(extra or {})
+    backdoor = backdoor_of(cfg)
+    if backdoor is not None and model.kind == "instruction":
+        summary["final"].update(backdoor_success(model, backdoor, [p.vector for p in peers if not p.byzantine]))
     if out is not None:
         _write_run_dir(out, cfg, recorder, summary, peers, model)
         if model.kind == "instruction":
@@ -349,6 +355,7 @@ def build_peers(
     behaviours: dict[int, Behaviour] = {}
     if byzantine:
         group = load_behaviour(cfg.attack, count=len(byzantine), **cfg.attack_params)
+        check_attack_fits(cfg.attack, group[0], model.kind)
         behaviours = dict(zip(byzantine, group, strict=True))
     colluders = frozenset(ids[i] for i in byzantine)
     collusion = Collusion() if byzantine else None
@@ -361,10 +368,7 @@ def build_peers(
         behaviour = behaviours.get(i)
         labels = None
         if behaviour is not None:
-            true = model.train_labels[train_idx]
-            poison_rng = np.random.default_rng([cfg.seed, i, Seed.LABEL_POISON])
-            poisoned = behaviour.poison_labels(true, model.num_classes, poison_rng)
-            labels = None if poisoned is true else poisoned
+            train_idx, labels = poisoned_data(model, behaviour, train_idx, [cfg.seed, i, Seed.LABEL_POISON])
         local = LocalModel(model, train_idx, val_idx, cfg.gossip, labels=labels, test_sample=test_sample)
         if collusion is not None:  # white-box attackers know their victims' validation class counts
             collusion.validation_classes[ids[i]] = local.validation_classes
@@ -400,7 +404,67 @@ def build_peers(
     return peers
 
 
+def check_attack_fits(name: str, behaviour: Behaviour, kind: str) -> None:
+    """A data-poisoning attack must poison the kind of data the task has: labels or instruction rows."""
+    if kind == "instruction" and poisons_labels(behaviour):
+        raise ConfigError(
+            f"attack {name!r} flips class labels, but this task is instruction data; "
+            "use --attack wrong_answers or backdoor"
+        )
+    if kind != "instruction" and poisons_rows(behaviour):
+        raise ConfigError(
+            f"attack {name!r} rewrites instruction rows, but this task is classification data; "
+            "use --attack label_flip"
+        )
+
+
+def poisoned_data(
+    model: TaskModel, behaviour: Behaviour, train_idx: np.ndarray, seed: list[int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Byzantine peer's training rows and labels (None: the true ones) after its data-level attack:
+    classification labels through `poison_labels`, instruction rows through `poison_rows` (the rewritten
+    rows are added to the model's pool, see TaskModel.add_rows)."""
+    rng = np.random.default_rng(seed)
+    if model.kind == "instruction":
+        rows = model.pool_conversations(train_idx)
+        poisoned_rows = behaviour.poison_rows(rows, rng)
+        return (train_idx if poisoned_rows is rows else model.add_rows(poisoned_rows)), None
+    true = model.train_labels[train_idx]
+    poisoned = behaviour.poison_labels(true, model.num_classes, rng)
+    return train_idx, None if poisoned is true else poisoned
+
+
 SAMPLE_PROMPTS = 8  # held-out test prompts answered in samples.jsonl
+BACKDOOR_PROMPTS = 8  # triggered held-out prompts each honest peer answers to measure a backdoor
+BACKDOOR_TOKENS = 24  # enough for a short payload sentence
+
+
+def backdoor_of(cfg: SimConfig) -> Backdoor | None:
+    """The run's backdoor attack (directly or behind Sybil identities), None for any other attack."""
+    if not cfg.byzantine:
+        return None
+    behaviour = load_behaviour(cfg.attack, **cfg.attack_params)
+    if isinstance(behaviour, SybilMember):
+        behaviour = behaviour.group.inner
+    return behaviour if isinstance(behaviour, Backdoor) else None
+
+
+def backdoor_success(model: TaskModel, backdoor: Backdoor, vectors: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The attack success rate: the share of triggered held-out prompts whose greedy answer carries the
+    payload, for each honest peer (mean and worst peer) and for the base model (the false-alarm level)."""
+    contexts = [backdoor.triggered(c) for c, _ in model.test_conversations(BACKDOOR_PROMPTS)]
+
+    def rate(vector: np.ndarray) -> float:
+        answers = model.generate(vector, contexts, max_new_tokens=BACKDOOR_TOKENS)
+        return float(np.mean([backdoor.hit(a) for a in answers])) if answers else 0.0
+
+    rates = [rate(v) for v in vectors]
+    return {
+        "backdoor_success_mean": round(float(np.mean(rates)), 4) if rates else None,
+        "backdoor_success_max": round(float(np.max(rates)), 4) if rates else None,  # the worst honest peer
+        "backdoor_success_base": rate(model.initial_vector()),
+        "backdoor_prompts": len(contexts),
+    }
 
 
 def language_metrics(loss: float, token_accuracy: float) -> dict[str, float]:
@@ -608,6 +672,9 @@ class _Recorder:
                 "honest_accuracy_mean": final.get("honest_accuracy_mean"),
                 "honest_accuracy_std": final.get("honest_accuracy_std"),
                 "honest_accuracy_min": final.get("honest_accuracy_min"),  # the worst honest peer
+                # instruction data: held-out response perplexity (mean, and the worst honest peer's)
+                "honest_perplexity_mean": final.get("honest_perplexity_mean"),
+                "honest_perplexity_max": final.get("honest_perplexity_max"),
                 "consensus_distance": final.get("consensus_distance"),
                 # always answering the test set's most common class scores this: an honest peer below it
                 # has learnt nothing useful, whatever the mean says

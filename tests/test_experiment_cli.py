@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -36,6 +37,16 @@ def test_list_shows_every_cell_with_flags_overriding_the_toml(tmp_path: Path) ->
     assert code == 0, out
     assert out.count(" to do ") == 8 and "ipm/bristle byz=1 seed=1" in out and "alie" not in out
     assert "8 cells, 8 to run" in out
+
+
+def test_a_chat_task_grid_defaults_to_the_attacks_that_fit_chat_data(tmp_path: Path) -> None:
+    rows = "".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(30))
+    (tmp_path / "qa.jsonl").write_text(rows)
+    code, out = invoke("--task", str(tmp_path / "qa.jsonl"), "--defences", "mean", "--list", "--out", str(tmp_path / "o"))
+    assert code == 0, out
+    assert "wrong_answers/mean" in out and "backdoor/mean" in out and "label_flip" not in out
+    code, out = invoke("--defences", "mean", "--list", "--out", str(tmp_path / "trec"))
+    assert "label_flip/mean" in out and "backdoor" not in out  # trec: class labels
 
 
 def test_an_unknown_defence_is_one_clear_line_and_exit_code_2(tmp_path: Path) -> None:

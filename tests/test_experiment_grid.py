@@ -72,7 +72,8 @@ class Recorder:
 
 def test_default_grid_is_the_issue_grid_from_the_registries() -> None:
     cfg = ExperimentConfig()
-    attacks = [a for a in ATTACKS if a != "honest"] + [SYBIL]
+    chat_only = {"wrong_answers", "backdoor"}  # they rewrite instruction rows; trec has class labels
+    attacks = [a for a in ATTACKS if a != "honest" and a not in chat_only] + [SYBIL]
     assert cfg.base.peers == 16 and cfg.base.learn.run.task == "trec" and cfg.base.partition == "dirichlet"
     assert cfg.grid.attacks == ("none", *attacks)
     assert cfg.base.topology == "complete"
@@ -80,6 +81,15 @@ def test_default_grid_is_the_issue_grid_from_the_registries() -> None:
     cells = cfg.cells()
     assert len(cells) == (1 + len(attacks)) * (len(DEFENCES) + 1)
     assert {c.byzantine for c in cells if c.attack != "none"} == {5}
+
+
+def test_an_instruction_grid_runs_the_attacks_that_fit_chat_data() -> None:
+    from p2pfed.sims.experiment import attack_names
+
+    chat = attack_names("instruction")
+    assert {"wrong_answers", "backdoor", "sign_flip", "dissensus", SYBIL} <= set(chat)
+    assert "label_flip" not in chat  # chat rows have no class label to flip
+    assert set(attack_names()) ^ set(chat) == {"label_flip", "wrong_answers", "backdoor"}
 
 
 def test_cells_cover_the_grid_with_an_attack_free_baseline_per_defence_and_seed() -> None:

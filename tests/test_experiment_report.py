@@ -151,3 +151,31 @@ def test_the_worst_off_honest_peers_byzantine_share_is_summarised_per_byzantine_
     assert "Worst-off honest peer's share of Byzantine neighbours (on the graph, over seeds): 75.0% with 3 Byzantine." in text
     write_report(grid_rows(), tmp_path / "older")  # rows from before the share was recorded: no such line
     assert "share of Byzantine neighbours" not in (tmp_path / "older" / "report.md").read_text()
+
+
+def chat_row(attack: str, defence: str, perplexity: float, worst: float, **final: float) -> dict:
+    r = row(attack, defence, 0, 0.45)
+    r["final"].update(honest_perplexity_mean=perplexity, honest_perplexity_max=worst, **final)
+    return r
+
+
+def test_an_instruction_grid_reports_perplexity_its_change_and_the_backdoor_success_rate(tmp_path: Path) -> None:
+    rows = [
+        chat_row("none", "mean", 16.0, 16.2), chat_row("none", "bristle", 16.4, 16.5),
+        chat_row("sign_flip", "mean", 24.0, 30.0), chat_row("sign_flip", "bristle", 16.8, 17.0),
+        chat_row("backdoor", "mean", 16.0, 16.1, backdoor_success_mean=0.75, backdoor_success_max=1.0),
+        chat_row("backdoor", "bristle", 16.4, 16.5, backdoor_success_mean=0.0, backdoor_success_max=0.0),
+    ]
+    write_report(rows, tmp_path, attacks=["none", "sign_flip", "backdoor"], defences=["mean", "bristle"])
+    section = (tmp_path / "report.md").read_text().split("## Response perplexity")[1]
+    assert table_line(section, "no attack") == "| no attack | 16.00 (16.20) | 16.40 (16.50) |"
+    assert table_line(section, "sign_flip") == "| sign_flip | 24.00 (30.00), +50.0 % | 16.80 (17.00), +2.4 % |"
+    assert table_line(section, "backdoor") == (
+        "| backdoor | 16.00 (16.10), +0.0 %; backdoor 75.0 % (worst 100.0 %) "
+        "| 16.40 (16.50), +0.0 %; backdoor 0.0 % (worst 0.0 %) |"
+    )
+
+
+def test_a_classification_grid_has_no_perplexity_section(tmp_path: Path) -> None:
+    write_report(grid_rows(), tmp_path, attacks=["none", "ipm"], defences=["mean", "bristle"])
+    assert "## Response perplexity" not in (tmp_path / "report.md").read_text()

@@ -1,7 +1,8 @@
 """The hooks a Byzantine behaviour can override. The honest `Behaviour` is the identity on all of them.
 
 A Byzantine peer runs the same `Peer` round loop as an honest one; only these hooks differ:
-- `poison_labels`: data-level attacks, applied once to the peer's local training labels;
+- `poison_labels`: data-level attacks on classification data, applied once to the peer's training labels;
+- `poison_rows`: data-level attacks on instruction data, applied once to the peer's (context, answer) rows;
 - `outgoing`: what to send to one recipient in one gossip step (model- and network-level attacks);
 - `waits_for_honest`: if True, the peer first collects this step's updates from its neighbours (and, when
   colluding, the other attackers' observations), so that omniscient attacks can use them;
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from p2pfed.learn.chat import Context
 from p2pfed.robust.base import Defence, Evaluator
 from p2pfed.types import FloatMatrix, FloatVector
 
@@ -84,6 +86,12 @@ class Behaviour:
         self, labels: npt.NDArray[np.int64], num_classes: int, rng: np.random.Generator
     ) -> npt.NDArray[np.int64]:
         return labels
+
+    def poison_rows(
+        self, rows: Sequence[tuple[Context, str]], rng: np.random.Generator
+    ) -> Sequence[tuple[Context, str]]:
+        """The instruction rows to train on; returning `rows` itself means "unchanged"."""
+        return rows
 
     def outgoing(self, ctx: AttackContext) -> Outgoing | None:
         """What to send to `ctx.recipient`; None sends nothing (a silent peer)."""

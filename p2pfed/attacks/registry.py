@@ -10,6 +10,7 @@ from p2pfed.attacks.agr_agnostic import MinMax, MinSum
 from p2pfed.attacks.base import Behaviour
 from p2pfed.attacks.data_poisoning import LabelFlip
 from p2pfed.attacks.dissensus import Dissensus
+from p2pfed.attacks.instruction_poisoning import Backdoor, WrongAnswers
 from p2pfed.attacks.mimic import Mimic
 from p2pfed.attacks.model_poisoning import ALIE, IPM, GaussianNoise, SignFlip
 from p2pfed.attacks.network import FreeRider, Replay
@@ -27,6 +28,8 @@ ATTACKS: dict[str, Callable[..., Behaviour]] = {
     "alie": ALIE,
     "ipm": IPM,
     "label_flip": LabelFlip,
+    "wrong_answers": WrongAnswers,
+    "backdoor": Backdoor,
     "dissensus": Dissensus,
     "free_rider": FreeRider,
     "replay": Replay,

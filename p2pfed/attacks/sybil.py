@@ -6,10 +6,13 @@ first member asked for (round, step, recipient) crafts the message with `inner`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
 from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
+from p2pfed.learn.chat import Context
 
 Key = tuple[int, int, str]
 
@@ -44,6 +47,11 @@ class SybilMember(Behaviour):
         self, labels: npt.NDArray[np.int64], num_classes: int, rng: np.random.Generator
     ) -> npt.NDArray[np.int64]:
         return self.group.inner.poison_labels(labels, num_classes, rng)
+
+    def poison_rows(
+        self, rows: Sequence[tuple[Context, str]], rng: np.random.Generator
+    ) -> Sequence[tuple[Context, str]]:
+        return self.group.inner.poison_rows(rows, rng)
 
     def outgoing(self, ctx: AttackContext) -> Outgoing | None:
         return self.group.message(ctx)

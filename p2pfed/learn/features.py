@@ -50,6 +50,24 @@ class Features:
     def cached(self) -> bool:
         return self.hidden is not None
 
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    def append(self, encoded: Encoded) -> npt.NDArray[np.int64]:
+        """Add rows after the existing ones (their lower-layer output computed now when the rest is
+        cached) and return their row indices. Not written to the disk cache: it is keyed by the task."""
+        first = self.rows
+        extra = Features(encoded, self._lower, None)
+        hidden = None if self.hidden is None else _compute(extra, self._lower)
+        self.ids = torch.cat([self.ids, extra.ids])
+        self.lengths = np.concatenate([self.lengths, extra.lengths])
+        self.offsets = np.concatenate([self.offsets[:-1], self.offsets[-1] + extra.offsets])
+        self.prompt_lens = np.concatenate([self.prompt_lens, extra.prompt_lens])
+        if self.hidden is not None and hidden is not None:
+            self.hidden = torch.cat([self.hidden, hidden])
+        return np.arange(first, self.rows, dtype=np.int64)
+
     def batch(self, rows: npt.NDArray[np.int64]) -> Batch:
         lengths = self.lengths[rows]
         width = int(lengths.max())

@@ -106,6 +106,7 @@ class TaskModel:
             else None
         )
         self._prepared: dict[bytes, list[PreparedRows]] = {}  # by rows, see _prepared_rows
+        self._added: dict[bytes, npt.NDArray[np.int64]] = {}  # add_rows() by content -> pool indices
         self._prepared_bytes = 0
         # train_many() steps many peers in one stacked pass when the model's shape allows it
         self._trainer = (
@@ -249,9 +250,7 @@ class TaskModel:
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) == 0:
             raise ValueError("train() needs at least one row")
-        targets = (
-            self.train_labels[indices] if labels is None else np.asarray(labels, dtype=np.int64)
-        )
+        targets = self._targets(indices) if labels is None else np.asarray(labels, dtype=np.int64)
         size = min(self.cfg.batch_size, len(indices))
         offset = self.prior_offset(targets, logit_adjust)
         with self._lock:
@@ -272,6 +271,40 @@ class TaskModel:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             return self._schema.flatten(), float(np.mean(losses)) if losses else 0.0
+
+    def _targets(self, indices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The class of each pool row; instruction rows (`add_rows` ones included) carry their target in
+        their tokens, so zeros."""
+        if self.kind == "instruction":
+            return np.zeros(len(indices), dtype=np.int64)
+        return self.train_labels[indices]
+
+    def add_rows(self, rows: Sequence[tuple[Context, str]]) -> npt.NDArray[np.int64]:
+        """Instruction rows that are not in the task (an attacker's rewritten shard) -> the pool indices
+        to train on. Their lower-layer features are computed once per distinct set of rows, so cells of
+        an experiment that reuse this model reuse them. `train_labels`, and so every partition of the
+        pool, stays as it was; `evaluate`, `score` and `train` take the new indices like any other."""
+        if self.kind != "instruction":
+            raise ValueError("add_rows() is for instruction tasks")
+        key = json.dumps(rows).encode()
+        with self._lock:
+            known = self._added.get(key)
+            if known is None:
+                contexts = tuple(c for c, _ in rows)
+                answers = tuple(a for _, a in rows)
+                assert isinstance(self._backbone, CausalBackbone)
+                encoded = self._backbone.encode_chat(contexts, answers, self.cfg.run.max_tokens)
+                start = len(self._pool)
+                self._pool = np.concatenate([self._pool, self._features.append(encoded)])
+                known = self._added[key] = np.arange(start, len(self._pool), dtype=np.int64)
+            return known.copy()
+
+    def pool_conversations(self, indices: npt.NDArray[np.int64]) -> list[tuple[Context, str]]:
+        """(context, answer) of task pool rows `indices` (not of rows from add_rows)."""
+        if self.kind != "instruction":
+            raise ValueError("pool_conversations() is for instruction tasks")
+        rows = self._pool[np.asarray(indices, dtype=np.int64)].tolist()
+        return [(self._data.contexts[i], self._data.responses[i]) for i in rows]
 
     def train_many(
         self,
@@ -305,7 +338,7 @@ class TaskModel:
         rows, labels, offsets, weights = [], [], [], []
         for job in jobs:
             indices = np.asarray(job.indices, dtype=np.int64)
-            targets = self.train_labels[indices] if job.labels is None else job.labels
+            targets = self._targets(indices) if job.labels is None else job.labels
             size = min(self.cfg.batch_size, len(indices))
             picks = draw_steps(job.rng, len(indices), size, steps)
             picks = np.pad(picks, ((0, 0), (0, width - size)))  # weight 0 on the padding rows
@@ -543,7 +576,8 @@ class TaskModel:
 
     @property
     def pool_size(self) -> int:
-        return len(self._pool)
+        """Rows of the task's own training pool (rows from add_rows not counted)."""
+        return len(self.train_labels)
 
     @property
     def pool_rows(self) -> npt.NDArray[np.int64]:
