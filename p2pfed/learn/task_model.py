@@ -34,6 +34,7 @@ from peft import PeftModel
 
 from p2pfed.errors import ConfigError
 from p2pfed.learn.adapters import FlatSchema, attach_lora, lora_config, weight_deltas
+from p2pfed.learn.allocator import keep_freed_memory
 from p2pfed.learn.backbone import Batch, CausalBackbone, EncoderBackbone
 from p2pfed.learn.batched_score import BatchedScorer, PreparedRows
 from p2pfed.learn.batched_train import BatchedTrainer, TrainJob, draw_steps
@@ -133,6 +134,7 @@ class TaskModel:
         )
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        keep_freed_memory()  # every step's large temporaries reuse the heap instead of faulting in pages
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         started = time.perf_counter()
