@@ -174,6 +174,20 @@ def test_the_saved_adapter_gives_p2pfeds_loss_under_plain_peft(trained, tokenize
 
 
 @pytest.mark.slow
+def test_scoring_runs_the_lm_head_in_bf16_within_a_thousandth_of_the_exact_loss(trained):
+    from p2pfed.learn.backbone import BF16_MATMUL
+
+    model, vector, _ = trained
+    rows = np.arange(model.pool_size)
+    exact = model.evaluate(vector, rows).loss  # the reported metrics: float32 throughout
+    fast = -float(model.score(vector[None], rows)[0, 0])  # a defence's score: bf16 LM head where native
+    if not BF16_MATMUL:
+        assert fast == pytest.approx(exact, rel=1e-6)
+    else:
+        assert fast != exact and fast == pytest.approx(exact, rel=1e-3)
+
+
+@pytest.mark.slow
 def test_generate_streams_a_deterministic_answer_and_export_merges_a_plain_hf_model(trained, tmp_path):
     from click.testing import CliRunner
     from transformers import AutoModelForCausalLM, AutoTokenizer

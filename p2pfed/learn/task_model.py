@@ -215,7 +215,7 @@ class TaskModel:
         top = self._backbone.upper(batch.hidden, batch.mask)
         if self.kind == "instruction":
             assert isinstance(self._backbone, CausalBackbone)
-            return self._backbone.response_losses(top, batch)[0].mean()
+            return self._backbone.response_losses(top, batch, fast=True)[0].mean()
         logits = self._backbone.class_logits(top, batch)
         return F.cross_entropy(logits if offset is None else logits + offset, labels)
 
@@ -364,15 +364,16 @@ class TaskModel:
 
     # -- evaluation ------------------------------------------------------------------------------
 
-    def _forward_all(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Classification: (logits of every row, in batch order); instruction: (token losses, hits)."""
+    def _forward_all(self, batches: list[Batch], *, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classification: (logits of every row, in batch order); instruction: (token losses, hits), the
+        LM head in bfloat16 if `fast` (see CausalBackbone.response_losses)."""
         outputs, extras = [], []
         for batch in batches:
             assert batch.hidden is not None
             top = self._backbone.upper(batch.hidden, batch.mask)
             if self.kind == "instruction":
                 assert isinstance(self._backbone, CausalBackbone)
-                losses, hits = self._backbone.response_losses(top, batch)
+                losses, hits = self._backbone.response_losses(top, batch, fast=fast)
                 outputs.append(losses)
                 extras.append(hits)
             else:
@@ -497,7 +498,7 @@ class TaskModel:
             return per_class_f1_batch(predicted, self.train_labels[indices], self.num_classes)
         with self._lock, torch.inference_mode():
             batches, _ = self._batches(self._pool[indices])
-            losses = [self._forward_all(batches)[0].mean() for _ in self._loaded(vectors)]
+            losses = [self._forward_all(batches, fast=True)[0].mean() for _ in self._loaded(vectors)]
         return -torch.stack(losses).reshape(-1, 1).numpy().astype(np.float32)
 
     def _prepared_rows(self, rows: npt.NDArray[np.int64]) -> list[PreparedRows]:
