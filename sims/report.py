@@ -247,6 +247,13 @@ def exposure_summary(table: GridTable) -> str | None:
     return "Worst-off honest peer's share of Byzantine neighbours (on the graph, over seeds): " + ", ".join(parts) + "."
 
 
+def _perplexity(value: float | None) -> str:
+    """2 decimals; a model an attack destroyed (perplexity in the billions) in scientific notation."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if value < 1e5 else f"{value:.2e}"
+
+
 def perplexity_table(table: GridTable) -> str:
     """Instruction data: honest perplexity (worst honest peer) per cell, and its change against the same
     defence without attack, in %; a backdoor row also gives its attack success rate."""
@@ -259,9 +266,10 @@ def perplexity_table(table: GridTable) -> str:
             if s is None or s.perplexity is None:
                 cells.append("—")
                 continue
-            text = f"{s.perplexity:.2f} ({s.perplexity_worst:.2f})"
+            text = f"{_perplexity(s.perplexity)} ({_perplexity(s.perplexity_worst)})"
             if row[0] != ATTACK_FREE and base is not None and base.perplexity:
-                text += f", {100 * (s.perplexity / base.perplexity - 1):+.1f} %"
+                ratio = s.perplexity / base.perplexity
+                text += f", {100 * (ratio - 1):+.1f} %" if ratio < 10 else f", {ratio:.3g}×"
             if s.backdoor is not None:
                 text += f"; backdoor {_pct(s.backdoor)} % (worst {_pct(s.backdoor_worst or 0.0)} %)"
             cells.append(text)

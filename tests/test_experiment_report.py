@@ -163,13 +163,15 @@ def test_an_instruction_grid_reports_perplexity_its_change_and_the_backdoor_succ
     rows = [
         chat_row("none", "mean", 16.0, 16.2), chat_row("none", "bristle", 16.4, 16.5),
         chat_row("sign_flip", "mean", 24.0, 30.0), chat_row("sign_flip", "bristle", 16.8, 17.0),
+        chat_row("dissensus", "mean", 1.3e21, 7.8e21), chat_row("dissensus", "bristle", 16.4, 16.5),
         chat_row("backdoor", "mean", 16.0, 16.1, backdoor_success_mean=0.75, backdoor_success_max=1.0),
         chat_row("backdoor", "bristle", 16.4, 16.5, backdoor_success_mean=0.0, backdoor_success_max=0.0),
     ]
-    write_report(rows, tmp_path, attacks=["none", "sign_flip", "backdoor"], defences=["mean", "bristle"])
+    write_report(rows, tmp_path, attacks=["none", "sign_flip", "dissensus", "backdoor"], defences=["mean", "bristle"])
     section = (tmp_path / "report.md").read_text().split("## Response perplexity")[1]
     assert table_line(section, "no attack") == "| no attack | 16.00 (16.20) | 16.40 (16.50) |"
     assert table_line(section, "sign_flip") == "| sign_flip | 24.00 (30.00), +50.0 % | 16.80 (17.00), +2.4 % |"
+    assert table_line(section, "dissensus") == "| dissensus | 1.30e+21 (7.80e+21), 8.12e+19× | 16.40 (16.50), +0.0 % |"
     assert table_line(section, "backdoor") == (
         "| backdoor | 16.00 (16.10), +0.0 %; backdoor 75.0 % (worst 100.0 %) "
         "| 16.40 (16.50), +0.0 %; backdoor 0.0 % (worst 0.0 %) |"
