@@ -14,6 +14,12 @@ FloatVector = npt.NDArray[np.float32]
 FloatMatrix = npt.NDArray[np.float32]
 """Stacked flat vectors, one row per peer: shape (n, d)."""
 
+Message = tuple[str, str]
+"""One chat turn: (role, content), role one of system, user, assistant."""
+
+Context = tuple[Message, ...]
+"""The turns before a response: what an instruction row's model is prompted with."""
+
 
 class Outcome(StrEnum):
     """What the defence of one honest peer decided about one neighbour's update in one gossip step."""

@@ -148,9 +148,9 @@ def test_patient_never_waits_for_an_inner_attack_that_does_not() -> None:
 
 
 def test_wrappers_refuse_data_poisoning() -> None:
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="poisons its training data"):
         Patient(LabelFlip())
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="poisons its training data"):
         Targeted(LabelFlip())
 
 

@@ -64,6 +64,15 @@ def largest_difference(batched: list[tuple], looped: list[tuple], jobs: list[Tra
     return max(np.abs(b - v).max() for (b, _), (v, _) in zip(batched, looped, strict=True)) / scale
 
 
+def relative_distance(batched: list[tuple], looped: list[tuple], jobs: list[TrainJob]) -> float:
+    """Largest L2 distance of a batched result from its one-at-a-time result, relative to the
+    L2 length of that peer's training move."""
+    return max(
+        float(np.linalg.norm(b - v) / np.linalg.norm(v - j.vector))
+        for (b, _), (v, _), j in zip(batched, looped, jobs, strict=True)
+    )
+
+
 @pytest.mark.parametrize("lora_mode", ["shared-a", "full"])
 @pytest.mark.parametrize("rho", [0.0, 0.05])
 def test_batched_sgd_training_equals_training_one_peer_at_a_time(
@@ -87,8 +96,10 @@ def test_batched_sgd_training_equals_training_one_peer_at_a_time(
 @pytest.mark.parametrize("rho", [0.0, 0.05])
 def test_batched_adam_training_equals_training_one_peer_at_a_time(small_task, cache_dir, rho):
     """Adam (the default): its step m/(√v + ε) is about ±lr for any gradient well above ε, so float
-    rounding in a gradient coordinate near zero moves that coordinate's step by up to ~1e-3 of it;
-    a wrong batch, label or perturbation would move every coordinate by the order of the step."""
+    rounding in a gradient coordinate near zero can move that one coordinate by ~1 % of the largest
+    step (measured: 1.02 %). Compared on the whole vector instead: the batched result is within 1e-3
+    of the training move in L2 norm (measured: 1.6e-4), where a wrong batch, label or perturbation
+    is off by the order of the move itself (measured with another batch order: 1.06)."""
     model = load(small_task, cache_dir)
     jobs = peers(model)
     settings = {"steps": STEPS, "lr": 3e-2, "rho": rho, "logit_adjust": 1.0}
@@ -96,7 +107,7 @@ def test_batched_adam_training_equals_training_one_peer_at_a_time(small_task, ca
     looped = one_at_a_time(model, jobs, **settings)
     batched = model.train_many(fresh(jobs), **settings)
 
-    assert largest_difference(batched, looped, jobs) < 1e-2
+    assert relative_distance(batched, looped, jobs) < 1e-3
     for (_, batched_loss), (_, looped_loss) in zip(batched, looped, strict=True):
         assert batched_loss == pytest.approx(looped_loss, rel=1e-5)
 

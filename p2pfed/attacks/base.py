@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from p2pfed.learn.chat import Context
 from p2pfed.robust.base import Defence, Evaluator
-from p2pfed.types import FloatMatrix, FloatVector
+from p2pfed.types import Context, FloatMatrix, FloatVector
 
 
 @dataclass

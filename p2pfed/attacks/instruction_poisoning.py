@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from p2pfed.attacks.base import Behaviour
-from p2pfed.learn.chat import Context
+from p2pfed.types import Context
 
 Row = tuple[Context, str]
 

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
-from p2pfed.learn.chat import Context
+from p2pfed.types import Context
 
 Key = tuple[int, int, str]
 

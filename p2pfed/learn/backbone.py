@@ -234,9 +234,13 @@ class CausalBackbone:
         return losses, (logits.argmax(-1) == targets)
 
     def _bf16_head(self) -> torch.Tensor | None:
-        """The frozen LM head weight in bfloat16 (made once), or None where bf16 matmuls are emulated."""
+        """The frozen LM head weight in bfloat16 (made once), or None where bf16 matmuls are emulated.
+
+        Made outside inference mode: the first call may come from a defence's scoring under
+        `torch.inference_mode()`, and an inference tensor cannot take part in a later training step."""
         if self._head_bf16 is None and BF16_MATMUL:
-            self._head_bf16 = self.model.lm_head.weight.detach().to(torch.bfloat16)
+            with torch.inference_mode(False), torch.no_grad():
+                self._head_bf16 = self.model.lm_head.weight.detach().to(torch.bfloat16)
         return self._head_bf16
 
 

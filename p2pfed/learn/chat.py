@@ -13,13 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from p2pfed.errors import ConfigError, DataError
+from p2pfed.types import Context, Message
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-Message = tuple[str, str]  # (role, content)
-Context = tuple[Message, ...]
 ROLES = ("system", "user", "assistant")
 
 
