@@ -312,10 +312,12 @@ def test_a_single_class_validation_split_compares_with_the_typical_model() -> No
     assert verdicts["p3"][0] is Outcome.DROPPED
 
 
-def test_loss_scores_use_a_relative_margin() -> None:
-    # minus a loss of about 2: a 3 % increase is tolerated, a 30 % one is not
+@pytest.mark.parametrize("own_loss", [0.5, 3.0])
+def test_loss_scores_tolerate_a_fixed_perplexity_ratio_whatever_the_loss(own_loss: float) -> None:
+    # minus a mean token loss: 0.03 nats worse (perplexity +3 %) is tolerated, 0.1 nats (+10.5 %) is not,
+    # whether the text's own entropy makes the loss 0.5 or 3 nats
     def evaluate(x: np.ndarray) -> np.ndarray:
-        return np.array([[-2.0]] + [[-2.06] if row[0] > 0 else [-2.6] for row in x[1:]])
+        return np.array([[-own_loss]] + [[-own_loss - (0.03 if row[0] > 0 else 0.1)] for row in x[1:]])
 
     out = Bristle()(make_input(np.vstack([honest(1), -honest(1)]), evaluate=evaluate))
     assert by_sender(out)["p0"][0] is Outcome.KEPT
@@ -388,7 +390,7 @@ def masked_integrate(scores: np.ndarray, **params: float) -> tuple[np.ndarray, .
     delta = np.where(np.isneginf(s[1:]), -np.inf, np.nan_to_num(s[1:] - reference, nan=0.0))
     mean_delta = delta.mean(axis=1)
     own_delta = np.nan_to_num(s[1:] - s[0], nan=0.0).mean(axis=1)
-    scale = 1.0 if ((s[0] >= 0) & (s[0] <= 1)).all() else max(float(np.abs(s[0]).mean()), 1e-12)
+    scale = 1.0 if ((s[0] >= 0) & (s[0] <= 1)).all() else 0.5  # nats per unit of margin
     worse = (mean_delta < -params["margin"] * scale) | (own_delta < -params["floor_margin"] * scale)
     relative = mean_delta[np.isfinite(mean_delta)] / scale
     centre = min(float(np.median(relative)), 0.0)
@@ -668,6 +670,29 @@ def test_a_neighbour_below_where_we_started_pulls_us_less_than_the_radius() -> N
     # ... but with standing 1 − 0.2 / 0.35 ≈ 0.43 each flipped copy's pull shrinks by that much
     assert 0 < toward_flipped(new) < 0.6 * toward_flipped(old)
     assert (new.mixed > 0).all()  # and the honest neighbour and our own update keep us on our side
+
+
+def test_a_sign_flipped_lora_update_is_dropped_on_its_perplexity_in_the_first_round() -> None:
+    """LoRA B starts at 0 in every peer, so in round 1 a sign-flipped neighbour (−B) sits about as far from
+    us as an honest one, and it is "only" 0.15 nats worse than the base model on our answers, while our
+    own loss is 3.1 nats: measured on SmolLM2 + chatterbot, where a margin relative to our loss (0.3
+    nats) kept all three such neighbours at every honest peer."""
+    rng = np.random.default_rng(5)
+    anchor = np.zeros(D)
+    shared = rng.standard_normal(D)  # every peer's first update learns the chat format: correlated
+    trained = 0.1 * (shared + 0.5 * rng.standard_normal(D))
+    honest_rows = 0.1 * (shared + 0.5 * rng.standard_normal((2, D)))
+    flipped = -0.1 * (shared + 0.5 * rng.standard_normal((2, D)))
+    received = np.vstack([honest_rows, flipped])
+
+    def evaluate(x: np.ndarray) -> np.ndarray:  # minus the mean token loss on our validation answers
+        along = x @ shared / (shared @ shared)
+        return np.where(np.abs(along) < 1e-9, -3.40, np.where(along > 0, -3.13, -3.55))[:, None]
+
+    inp = with_update(make_input(received, own=trained, evaluate=evaluate), anchor, trained)
+    verdicts = by_sender(Bristle()(inp))
+    assert [verdicts[f"p{i}"][0] for i in range(4)] == [Outcome.KEPT] * 2 + [Outcome.DROPPED] * 2
+    assert {verdicts["p2"][1], verdicts["p3"][1]} <= {reasons.WORSE, reasons.HARMFUL}
 
 
 def test_far_neighbours_cannot_widen_the_far_limit_beyond_our_own_update() -> None:

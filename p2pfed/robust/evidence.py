@@ -28,13 +28,23 @@ def informative_classes(scores: Floats) -> npt.NDArray[np.bool_]:
     return inside if inside.any() else np.ones(scores.shape[1], dtype=bool)
 
 
-def loss_scale(own: Floats) -> float:
-    """1 for F1 scores (all in [0, 1]); for other scores (minus a loss) the size of our own, so that
-    `margin` reads as a relative loss increase."""
+# Nats of mean token loss per unit of margin, for scores that are minus a loss: Bristle's F1 margin of 0.1
+# reads as 0.05 nats there, a 5 % increase of held-out perplexity (e^0.05).
+LOSS_UNIT = 0.5
+
+
+def loss_scale(own: Floats, loss_unit: float = LOSS_UNIT) -> float:
+    """1 for F1 scores (all in [0, 1]); `loss_unit` for other scores (minus a mean token loss, in nats),
+    so that a margin is a fixed perplexity ratio, e^(margin · loss_unit).
+
+    Not relative to our own loss (as it was before issue 15): a causal LM's loss is mostly the entropy of the
+    text, so 10 % of it was 0.3 nats, a 35 % perplexity increase, and a sign-flipped LoRA B (its round's
+    update reversed, 0.15 nats worse than where the round started) passed validation at every honest
+    peer in round 1 (docs/llm.md)."""
     finite = own[np.isfinite(own)]
     if finite.size == 0 or ((finite >= 0.0) & (finite <= 1.0)).all():
         return 1.0
-    return max(float(np.abs(finite).mean()), 1e-12)
+    return loss_unit
 
 
 def integrate(
@@ -49,6 +59,7 @@ def integrate(
     max_boost: float,
     baseline: FloatVector | None = None,
     floor_from_anchor: bool = False,
+    loss_unit: float = LOSS_UNIT,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats]:
     """From (1 + k, c) validation scores of [own, *candidates], and optionally the (c,) scores of the
     round's anchor (`baseline`): (worse mask, harmful mask, performance weight, evidence score = mean Δ
@@ -80,7 +91,7 @@ def integrate(
         own_drop = np.nan_to_num(s[1:] - floor, nan=0.0)
     mean_delta = delta.mean(axis=1)
     own_delta = own_drop.mean(axis=1)
-    scale = loss_scale(s[0])
+    scale = loss_scale(s[0], loss_unit)
     worse = (mean_delta < -margin * scale) | (own_delta < -floor_margin * scale)
     harmful = worse.copy()
     if worse.any():  # which of the worse are also outliers
@@ -111,7 +122,11 @@ def harm_threshold(mean_delta: Floats, harm_margin: float, harm_factor: float) -
 
 
 def standing(
-    scores: FloatMatrix, *, floor_margin: float, baseline: FloatVector | None = None
+    scores: FloatMatrix,
+    *,
+    floor_margin: float,
+    baseline: FloatVector | None = None,
+    loss_unit: float = LOSS_UNIT,
 ) -> Floats:
     """Per candidate, in [0, 1]: how much of the clipping radius our own evidence grants it.
 
@@ -129,5 +144,5 @@ def standing(
         start = np.asarray(baseline, dtype=np.float64)[informative]
         floor = np.where(np.isfinite(start), np.fmin(floor, start), floor)
     with np.errstate(all="ignore"):  # -inf - -inf, inf / x: no standing either (NaN -> 0 below)
-        grant = 1.0 + (s[1:] - floor).mean(axis=1) / (floor_margin * loss_scale(s[0]))
+        grant = 1.0 + (s[1:] - floor).mean(axis=1) / (floor_margin * loss_scale(s[0], loss_unit))
     return np.clip(np.where(np.isnan(grant), 0.0, grant), 0.0, 1.0)
