@@ -91,7 +91,7 @@ def _parse_params(values: tuple[str, ...], option: str) -> dict[str, dict[str, A
 @click.option("--partition", type=click.Choice(["iid", "dirichlet", "k-classes"]), help="Data split over peers.")
 @click.option("--alpha", type=float, help="Dirichlet concentration; smaller = more non-IID.")
 @click.option("--model", help="'minilm', 'smollm2' or a local HuggingFace model directory.")
-@click.option("--task", help="'trec', 'sms-spam' or a .jsonl data file. [default: trec]")
+@click.option("--task", help="'trec', 'sms-spam', 'chatterbot' (with --model smollm2) or a .jsonl data file. [default: trec]")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other [base] setting, e.g. --set val_fraction=0.2 --set lora_rank=4 (repeatable).")
 @click.option("--attack-param", "attack_params", multiple=True, metavar="ATTACK.KEY=VALUE",
