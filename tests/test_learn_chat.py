@@ -222,3 +222,41 @@ def test_generate_refuses_a_directory_that_is_not_a_p2pfed_adapter(tmp_path):
 
     result = CliRunner().invoke(main, ["generate", "--adapter", str(tmp_path), "hi"])
     assert result.exit_code == 2 and "not an adapter directory written by p2pfed" in result.output
+
+
+def arithmetic_rows(n: int) -> str:
+    """A user's own file, nothing like chatterbot: no topics, prompt rows and messages rows mixed."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        a, b = (int(x) for x in rng.integers(1, 20, size=2))
+        if i % 2:
+            row: dict[str, object] = {"prompt": f"What is {a} plus {b}?", "response": f"{a} plus {b} is {a + b}."}
+        else:
+            turns = [{"role": "user", "content": f"Is {a} larger than {b}?"},
+                     {"role": "assistant", "content": "Yes." if a > b else "No."}]
+            row = {"messages": turns}
+        lines.append(json.dumps(row) + "\n")
+    return "".join(lines)
+
+
+@needs_gguf
+@pytest.mark.slow
+@pytest.mark.parametrize("peers", [2, 4])
+def test_sim_on_a_users_chat_file_runs_with_the_default_topology_on_few_peers(tmp_path, peers):
+    """The README's `sim --model smollm2 --data small.jsonl --peers 4`: the default 4-regular graph
+    cannot be drawn on fewer than 6 peers, so the degree adapts (and says so), and the run learns."""
+    from click.testing import CliRunner
+
+    from p2pfed.cli.main import main
+
+    data = tmp_path / "small.jsonl"
+    data.write_text(arithmetic_rows(90))
+    out = tmp_path / "run"
+    args = ["sim", "--model", "smollm2", "--data", str(data), "--peers", str(peers), "--rounds", "1",
+            "-K", "3", "-Q", "1", "--no-adapters", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"--degree {peers - 1} (every peer linked to every other)" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["honest_perplexity_max"] < summary["base_model"]["perplexity"]
