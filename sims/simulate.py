@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
-from p2pfed.attacks._inner import poisons_labels, poisons_rows
 from p2pfed.attacks.base import Behaviour, Collusion
 from p2pfed.attacks.instruction_poisoning import Backdoor
+from p2pfed.attacks.kinds import poisons_labels, poisons_rows
 from p2pfed.attacks.registry import load_behaviour
 from p2pfed.attacks.sybil import SybilMember
 from p2pfed.config import MAX_NEIGHBOURS, SHARED_SCHEDULE, GossipConfig, RunManifest, write_atomic

@@ -21,9 +21,9 @@ then falls back on what it has, see `_honest.honest_vectors`).
 
 from __future__ import annotations
 
-from p2pfed.attacks._inner import refuse_label_poisoning
 from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
 from p2pfed.attacks.dissensus import Dissensus
+from p2pfed.attacks.kinds import refuse_label_poisoning
 
 
 class Patient(Behaviour):

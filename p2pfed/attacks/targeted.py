@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import logging
 
-from p2pfed.attacks._inner import refuse_label_poisoning
 from p2pfed.attacks.base import AttackContext, Behaviour, Outgoing
 from p2pfed.attacks.dissensus import Dissensus
+from p2pfed.attacks.kinds import refuse_label_poisoning
 from p2pfed.wire.identity import Identity
 
 log = logging.getLogger(__name__)

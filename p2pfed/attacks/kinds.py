@@ -1,4 +1,5 @@
-"""Checks shared by the attacks that wrap an inner attack (patient, targeted)."""
+"""What kind of attack a behaviour is (does it poison its training data?), and the check the wrappers
+that carry an inner attack (patient, targeted) make with it."""
 
 from __future__ import annotations
 
