@@ -221,11 +221,11 @@ async def _simulate(
             await _run_peers(peers, cfg.gossip.rounds, scheduler)
             nursery.cancel_scope.cancel()
 
-    if sample is not None:  # rounds were scored on a sample: the last one again on the full set
-        honest = [p for p in peers if not p.byzantine]
+    honest = [p for p in peers if not p.byzantine]
+    if sample is not None and honest and recorder.scored_final_round():  # on a sample: again on the full set
         if progress is not None:
             progress(recorder.done, recorder.done, f"scoring {len(honest)} final vectors on the full test set")
-        recorder.rescore_last(honest, model.evaluate_many(np.stack([p.vector for p in honest])) if honest else [])
+        recorder.rescore_last(honest, model.evaluate_many(np.stack([p.vector for p in honest])))
     extra: dict[str, Any] = {"eval_sample": None if sample is None else len(sample)}
     if scheduler is not None:
         log.info("scheduler: %s", scheduler.stats)
@@ -641,13 +641,16 @@ class _Recorder:
             "rewires_per_peer_round_max": int(max(rewires, default=0)),
         }
 
+    def scored_final_round(self) -> bool:
+        """Whether the final vectors were evaluated after the last round (not so with evaluate_every=0,
+        or when the last round is not a multiple of it): only then is there a final figure to rescore."""
+        return bool(self.curve) and self.curve[-1]["round"] == self.cfg.gossip.rounds - 1
+
     def rescore_last(self, honest: list[Peer], results: list[Any]) -> None:
         """Replace the last round's sampled accuracies with the final vectors' on the full test set."""
-        if not self.curve or not honest:
+        if not honest or not self.scored_final_round():
             return
         last = self.curve[-1]["round"]
-        if last != self.cfg.gossip.rounds - 1:  # the final vectors were not evaluated in the last round
-            return
         by_index = {p.index: r for p, r in zip(honest, results, strict=True)}
         for row in self.rows:
             if row["round"] == last and row["peer"] in by_index:

@@ -90,3 +90,20 @@ def test_rounds_are_scored_on_the_sample_and_the_last_on_the_full_test_set(small
     full = [model.evaluate(v).accuracy for v in result.vectors]
     assert last["honest_accuracy_mean"] == pytest.approx(np.mean(full), abs=1e-6)
     assert result.summary["final"]["honest_accuracy_min"] == pytest.approx(min(full), abs=1e-6)
+
+
+def test_a_run_that_scores_no_round_does_not_score_the_full_test_set_either(
+    small_task, cache_dir, monkeypatch
+) -> None:
+    """`evaluate_every=0` (what bench_sim measures): a sampled run has no final figure to replace, so
+    scoring every honest peer on the full test set at the end would be work for nothing."""
+    model = load(small_task, cache_dir)
+    scored: list[int] = []
+    evaluate_many = model.evaluate_many
+    monkeypatch.setattr(model, "evaluate_many", lambda vectors, *a, **k: scored.append(len(vectors)) or evaluate_many(vectors, *a, **k))
+
+    result = run_simulation(config(model, eval_sample=10, evaluate_every=0), model=model)
+    assert scored == [] and result.summary["curve"] == []
+
+    run_simulation(config(model, eval_sample=10), model=model)
+    assert PEERS in scored  # the same run scoring its rounds does rescore the final vectors
