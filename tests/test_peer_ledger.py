@@ -97,3 +97,17 @@ def test_every_neighbour_gets_a_verdict_and_one_that_sent_nothing_is_missing() -
         "junk": Outcome.INVALID, "silent": Outcome.MISSING,
     }
     assert len(verdicts) == 5
+
+
+def test_a_mixed_step_keeps_who_settled_it_but_not_their_vectors() -> None:
+    ledger = StepLedger(Q)
+    ledger.update(0, 0, "a", V)
+    ledger.release(0, 0)
+    assert ledger.updates(0, 0) == {}
+    assert ledger.settled(0, 0, "a") and ledger.answered(0, 0, ["a"])
+    assert ledger.update(0, 0, "late", 2 * V)  # settles the step, the vector is not kept
+    assert ledger.settled(0, 0, "late") and ledger.updates(0, 0) == {}
+    ledger.equivocation(0, 0, "a")
+    assert ledger.equivocated(0, 0) == {"a"} and ledger.settled(0, 0, "a")
+    ledger.update(0, 1, "a", V)  # the next step is untouched
+    assert sorted(ledger.updates(0, 1)) == ["a"]

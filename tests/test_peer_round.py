@@ -361,3 +361,14 @@ def test_local_model_counts_the_classes_of_its_validation_split() -> None:
     assert LocalModel(model, np.arange(6), np.array([0, 5]), gossip).validation_classes == 2  # type: ignore[arg-type]
     chat = SimpleNamespace(kind="instruction", train_labels=labels)
     assert LocalModel(chat, np.arange(6), np.array([0]), gossip).validation_classes is None  # type: ignore[arg-type]
+
+
+def test_a_peer_holds_no_received_vector_of_a_step_it_has_mixed() -> None:
+    """Memory: once a step is mixed its neighbours' vectors are dropped (kept, a simulated peer held
+    round_window × Q × degree of them), and who sent them still counts for the step."""
+    net = build(rounds=3, q=2)
+    run(net, 3)
+    for peer in net.peers:
+        held = sum(len(peer.ledger.updates(r, s)) for r in peer.ledger.rounds() for s in range(2))
+        assert held == 0
+        assert peer.ledger.answered(2, 1, [net.ids[(peer.index + 1) % 6], net.ids[(peer.index - 1) % 6]])

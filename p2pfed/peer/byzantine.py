@@ -59,6 +59,7 @@ class Attacker:
         if self.behaviour.waits_for_honest:
             await peer.wait_updates(rnd, step, [n for n in trusted if n not in self.colluders])
             await self._send_all(peer, rnd, step, everyone)
+            peer.ledger.release(rnd, step)  # it does not mix: what it collected is spent once sent
             return []
         await self._send_all(peer, rnd, step, everyone)
         await peer.wait_updates(rnd, step, trusted)

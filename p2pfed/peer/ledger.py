@@ -10,6 +10,11 @@ reputation; a message that is merely late does not).
 
 A sender has **settled** a step once it has an update, an equivocation or an answer there; a step may end
 early once every expected sender has settled it (`answered`).
+
+Once a step has been mixed, its vectors are **released**: nothing reads them again, and a peer that kept
+them until the round left the window held round_window × Q × degree vectors (32 at the defaults, 1.5 MB
+on trec, most of a simulated peer's memory). A released step keeps who settled it; a late update for it
+settles it without being stored.
 """
 
 from __future__ import annotations
@@ -27,9 +32,13 @@ class _Step:
     equivocated: set[str] = field(default_factory=set)
     invalid: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
+    released: bool = False  # mixed: its updates' vectors are dropped, their senders kept in `spent`
+    spent: set[str] = field(default_factory=set)
 
     def settled(self, sender: str) -> bool:
-        return sender in self.updates or sender in self.equivocated or sender in self.answered
+        return (
+            sender in self.updates or sender in self.spent or sender in self.equivocated or sender in self.answered
+        )
 
 
 class StepLedger:
@@ -51,13 +60,24 @@ class StepLedger:
         entry = self._at(rnd, step)
         if sender in entry.equivocated:
             return False
-        entry.updates[sender] = vector
+        if entry.released:  # too late to be mixed: it settles the step, and the vector is not kept
+            entry.spent.add(sender)
+        else:
+            entry.updates[sender] = vector
         return True
+
+    def release(self, rnd: int, step: int) -> None:
+        """(rnd, step) has been mixed: drop its vectors, keep who sent them (see the module docstring)."""
+        entry = self._at(rnd, step)
+        entry.spent.update(entry.updates)
+        entry.updates.clear()
+        entry.released = True
 
     def equivocation(self, rnd: int, step: int, sender: str) -> None:
         """`sender` sent two different updates for (rnd, step): neither counts, now or later."""
         entry = self._at(rnd, step)
         entry.updates.pop(sender, None)
+        entry.spent.discard(sender)
         entry.equivocated.add(sender)
 
     def invalid(self, rnd: int, step: int, sender: str) -> None:
@@ -86,7 +106,7 @@ class StepLedger:
 
     # ------------------------------------------------------------------ reading
     def updates(self, rnd: int, step: int) -> dict[str, FloatVector]:
-        """The usable updates of (rnd, step), by sender."""
+        """The usable updates of (rnd, step), by sender (none once the step is released)."""
         return dict(self._get(rnd, step).updates)
 
     def equivocated(self, rnd: int, step: int) -> set[str]:

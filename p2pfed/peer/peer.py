@@ -384,6 +384,7 @@ class Peer:
             rnd, step, defended=result.verdicts, quarantined=quarantined, neighbours=self.neighbour_degrees
         )
         self.reputation.update(verdicts, rnd)
+        self.ledger.release(rnd, step)
         return verdicts
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
