@@ -126,12 +126,17 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
               help="Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9100.")
 @click.option("--index", type=int, default=None, hidden=True,
               help="Seed stream of this peer (simulations: the peer's number); default from the peer ID.")
+@click.option("--attack", default=None, hidden=True,
+              help="Simulations only (`p2pfed sim --processes --byzantine N`): make this peer Byzantine with a "
+                   "model-level attack that needs no colluders, e.g. sign_flip.")
+@click.option("--attack-param", multiple=True, metavar="KEY=VALUE", hidden=True)
 def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...],
          announce: tuple[str, ...],
          mdns: bool, dht: bool, private: bool, relay_service: bool | None, out: Path, key: Path | None, rounds: int | None, local_steps: int | None,
          step_timeout: float | None, defence: str | None,
          defence_param: tuple[str, ...], max_neighbours: int, min_neighbours: int, neighbour_wait: float,
-         eval_size: int, threads: int, metrics_addr: str | None, index: int | None) -> None:
+         eval_size: int, threads: int, metrics_addr: str | None, index: int | None, attack: str | None,
+         attack_param: tuple[str, ...]) -> None:
     """Join a run: discover its peers, train on your data, gossip adapters, checkpoint every round.
 
     Q and the round window are the run file's (part of its contract). Ctrl-C or SIGTERM stops cleanly;
@@ -159,7 +164,7 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
         bootstrap=bootstrap, announce=announce, mdns=mdns, dht=dht, private=private, relay_service=relay_service, gossip=gossip, defence=defence or DEFAULT_DEFENCE,
         defence_params=key_values(defence_param, "--defence-param"), max_neighbours=max_neighbours,
         min_neighbours=min_neighbours, neighbour_wait_s=neighbour_wait, eval_size=eval_size, threads=threads,
-        index=index,
+        index=index, attack=attack, attack_params=key_values(attack_param, "--attack-param"),
     )
 
     def progress(line: str) -> None:

@@ -91,8 +91,10 @@ from p2pfed.sims.placement import PLACEMENTS
 @click.option("--transport", type=click.Choice(["memory", "libp2p"]), default="memory", show_default=True,
               help="memory: in-process channels; libp2p: a real host per peer on 127.0.0.1.")
 @click.option("--processes", is_flag=True,
-              help="With --transport libp2p: one `p2pfed join` OS process per peer (honest peers only); "
-                   f"they link as join does (each to every peer it finds, up to {MAX_NEIGHBOURS}), not by --topology.")
+              help="With --transport libp2p: one `p2pfed join` OS process per peer; "
+                   f"they link as join does (each to every peer it finds, up to {MAX_NEIGHBOURS}), not by --topology, "
+                   "and evict neighbours on their own evidence. --byzantine peers run `join --attack` with a "
+                   "model-level attack that needs no colluders (sign_flip, gaussian, free_rider, replay, ...).")
 @click.option("--eval-sample", default=0, show_default=True, metavar="ROWS",
               help="Test rows each peer is scored on after a round (the last round: the full test set). "
                    "0: the full set up to 64 peers, 200 rows above.")
@@ -290,6 +292,9 @@ def _print_table(summary: dict) -> None:  # type: ignore[type-arg]
                            if first is not None else "some victim never had an honest majority of neighbours")
             click.echo(f"rewires (evictions) per honest peer per round: mean {hoods['rewires_per_peer_round_mean']:.2f}, "
                        f"max {hoods['rewires_per_peer_round_max']}")
+        if "honest_peers_with_byzantine_neighbours" in hoods:  # --processes: join's own membership
+            left = hoods["honest_peers_with_byzantine_neighbours"]
+            click.echo(f"honest peers that finished with a Byzantine neighbour: {left or 'none'}")
     click.echo(
         f"final honest accuracy {final['honest_accuracy_mean']:.4f} ± {final['honest_accuracy_std']:.4f}"
         f", worst honest peer {final['honest_accuracy_min']:.4f}  in {summary['wall_seconds']:.0f} s"

@@ -12,6 +12,12 @@ killed peer's checkpoint is loaded right after the kill; summary.json's "churn" 
 the checks and any corrupt checkpoint, and gives the slowest round of any peer (a stall would show there).
 The last CALM_ROUNDS rounds are churn-free, so a peer restarted near the end still has neighbours to
 finish with.
+
+With `cfg.byzantine` > 0 the peers `placement_of(cfg)` names (random placement) run `join --attack`: a
+model-level attack that needs no colluders (`p2pfed.daemon.node.node_attack` says which). Honest peers find
+them as they find anyone, so whether they keep them is up to their defence, reputation and membership:
+each metrics row names the neighbours the peer ended its round with, and summary.json gives every honest
+peer's share of Byzantine neighbours per round and at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from p2pfed.config import RunManifest, write_atomic
+from p2pfed.daemon.node import node_attack
 from p2pfed.daemon.runfile import RunFile, create_manifest
 from p2pfed.daemon.status import read_metrics
 from p2pfed.errors import CheckpointError, NetworkError
@@ -38,7 +45,7 @@ from p2pfed.learn.partition import partition
 from p2pfed.peer.checkpoint import load_checkpoint
 from p2pfed.seeds import Seed, partition_rng
 from p2pfed.sims.oracle import ORACLE
-from p2pfed.sims.simulate import SimConfig, SimResult
+from p2pfed.sims.simulate import SimConfig, SimResult, placement_of
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +111,12 @@ def wait_for_address(node_dir: Path, process: subprocess.Popen[bytes], timeout_s
 
 def run_processes(cfg: SimConfig, out: Path, *, eval_rows: int | None = None, max_rows: int | None = None,
                   threads: int = 1, timeout_s: float = 3600.0, churn: float = 0.0) -> SimResult:
-    """Run the simulation as cfg.peers `p2pfed join` processes (honest peers only; blocking). `churn`:
-    the probability, per peer and round, of a SIGKILL and restart (see the module docstring);
+    """Run the simulation as cfg.peers `p2pfed join` processes, the Byzantine ones with `join --attack`
+    (blocking). `churn`: the probability, per peer and round, of a SIGKILL and restart (see the module docstring);
     `eval_rows`, `max_rows`: smaller test set and shards (each process embeds its rows once)."""
-    if cfg.byzantine:
-        raise NetworkError("--processes runs honest peers only; use the in-process libp2p path for attacks")
+    byzantine = set(placement_of(cfg).byzantine)
+    if byzantine:
+        node_attack(cfg.attack, cfg.attack_params)  # refused here, before any process starts
     if cfg.defence == ORACLE:
         raise NetworkError("the oracle defence is a reference for in-process simulations; pick a real defence")
     if not 0.0 <= churn <= 1.0:
@@ -121,8 +129,12 @@ def run_processes(cfg: SimConfig, out: Path, *, eval_rows: int | None = None, ma
     extra = ["--defence", cfg.defence, "--max-neighbours", str(max(cfg.peers - 1, 1)), "--threads", str(threads)]
     for key, value in cfg.defence_params.items():
         extra += ["--defence-param", f"{key}={json.dumps(value)}"]
-    peers = [_Peer(i, out / f"peer-{i:02d}", join_command(run_file, shard, out / f"peer-{i:02d}",
-                                                          eval_file=eval_file, extra=[*extra, "--index", str(i)]))
+    attack = ["--attack", cfg.attack]
+    for key, value in cfg.attack_params.items():
+        attack += ["--attack-param", f"{key}={json.dumps(value)}"]
+    peers = [_Peer(i, out / f"peer-{i:02d}", join_command(
+                 run_file, shard, out / f"peer-{i:02d}", eval_file=eval_file,
+                 extra=[*extra, "--index", str(i), *(attack if i in byzantine else [])]))
              for i, shard in enumerate(shards)]
     min_neighbours = min(cfg.peers - 1, cfg.degree)
     supervisor = _Supervisor(peers, rounds=cfg.gossip.rounds, churn=churn, rng=np.random.default_rng([cfg.seed, Seed.CHURN]))
@@ -135,7 +147,8 @@ def run_processes(cfg: SimConfig, out: Path, *, eval_rows: int | None = None, ma
     finally:
         for peer in peers:
             peer.stop()
-    result = gather(cfg, out, [p.node for p in peers], wall=time.perf_counter() - started)
+    result = gather(cfg, out, [p.node for p in peers], wall=time.perf_counter() - started, byzantine=byzantine,
+                    majority_baseline=majority_share(eval_file))
     if churn > 0:
         result.summary["churn"] = supervisor.report(result.rows)
         write_atomic(out / "summary.json", json.dumps(result.summary, indent=2).encode())
@@ -261,15 +274,32 @@ class _Supervisor:
         }
 
 
-def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float) -> SimResult:
-    """Merge the nodes' metrics into the run directory (metrics.jsonl, summary.json)."""
+def majority_share(eval_file: Path) -> float:
+    """The test-set share of its most common label: what always answering that class scores."""
+    labels = [json.loads(line)["label"] for line in eval_file.read_text().splitlines() if line.strip()]
+    _, counts = np.unique(labels, return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
+def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float, byzantine: set[int] | None = None,
+           majority_baseline: float | None = None) -> SimResult:
+    """Merge the nodes' metrics into the run directory (metrics.jsonl, summary.json): accuracy over the
+    honest peers only, and each honest peer's share of Byzantine neighbours (from the IDs in its rows)."""
+    byzantine = byzantine or set()
+    ids = [str(json.loads((node / "status.json").read_text()).get("peer_id", "")) if (node / "status.json").exists()
+           else "" for node in nodes]
+    byzantine_ids = {ids[i] for i in byzantine}
     rows: list[dict[str, Any]] = []
     for i, node in enumerate(nodes):
-        rows += [{**row, "peer": i, "byzantine": False} for row in read_metrics(node)]
+        for row in read_metrics(node):
+            neighbours = row.get("neighbour_ids", [])
+            share = sum(n in byzantine_ids for n in neighbours) / len(neighbours) if neighbours else 0.0
+            rows.append({**row, "peer": i, "byzantine": i in byzantine, "byzantine_neighbour_share": round(share, 4)})
     rows.sort(key=lambda r: (r["round"], r["peer"]))
+    honest_rows = [r for r in rows if not r["byzantine"]]
     curve = []
-    for rnd in sorted({r["round"] for r in rows}):
-        accuracies = [r["accuracy"] for r in rows if r["round"] == rnd and r["accuracy"] is not None]
+    for rnd in sorted({r["round"] for r in honest_rows}):
+        accuracies = [r["accuracy"] for r in honest_rows if r["round"] == rnd and r["accuracy"] is not None]
         if accuracies:
             curve.append({
                 "round": rnd,
@@ -279,12 +309,15 @@ def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float) -> SimR
                 "honest_accuracy_max": float(np.max(accuracies)),
                 "peers_reporting": len(accuracies),
             })
-    finals = [c for c in (load_checkpoint(n) for n in nodes) if c is not None]
+    honest = [i for i in range(len(nodes)) if i not in byzantine]
+    finals = [c for c in (load_checkpoint(nodes[i]) for i in honest) if c is not None]
     consensus = worst = None
     if finals:
         stacked = np.stack([c.vector for c in finals])
         distances = np.sum((stacked - stacked.mean(axis=0)) ** 2, axis=1)
         consensus, worst = float(np.mean(distances)), float(np.max(distances))
+    last_share = {r["peer"]: r["byzantine_neighbour_share"] for r in honest_rows}  # rows are in round order
+    worst_off = max(last_share, key=lambda i: last_share[i]) if last_share else None
     final = curve[-1] if curve else {}
     summary = {
         "final": {
@@ -294,10 +327,22 @@ def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float) -> SimR
             "honest_accuracy_min": final.get("honest_accuracy_min"),
             "consensus_distance": consensus,
             "consensus_distance_max": worst,  # the peer farthest from the mean
+            "majority_baseline": majority_baseline,
+            # the worst-off honest peer's share of Byzantine neighbours at the end, and who that is
+            "byzantine_share_max": None if worst_off is None else last_share[worst_off],
+            "byzantine_share_max_peer": worst_off,
         },
         "curve": [{**c, "consensus_distance": consensus if c is curve[-1] else float("nan")} for c in curve],
-        "byzantine_peers": [],
-        "byzantine_peer_ids": [],
+        "byzantine_peers": sorted(byzantine),
+        "byzantine_peer_ids": [ids[i] for i in sorted(byzantine)],
+        "neighbourhoods": {
+            "byzantine_share_mean_by_round": [
+                round(float(np.mean([r["byzantine_neighbour_share"] for r in honest_rows if r["round"] == rnd])), 4)
+                for rnd in sorted({r["round"] for r in honest_rows})
+            ],
+            # honest peers that still had a Byzantine neighbour when they finished
+            "honest_peers_with_byzantine_neighbours": sorted(i for i, share in last_share.items() if share > 0),
+        },
         "attack": cfg.attack,
         "defence": cfg.defence,
         "peers": cfg.peers,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import trio
 
+from p2pfed.attacks.base import Behaviour
 from p2pfed.config import ANNOUNCE_INTERVAL_S, MAX_NEIGHBOURS, GossipConfig, RunManifest
 from p2pfed.daemon.files import (
     IDENTITY_FILE,
@@ -79,6 +80,9 @@ class NodeConfig:
     threads: int = 0  # torch threads; 0 = torch's default
     announce_interval_s: float = ANNOUNCE_INTERVAL_S  # presence (peer exchange, degrees) on the run's topic
     index: int | None = None  # seed stream of this peer; None: derived from the peer ID (simulations set it)
+    # a Byzantine peer for `p2pfed sim --processes`: an attack that needs no colluders (see `node_attack`)
+    attack: str | None = None
+    attack_params: dict[str, Any] = field(default_factory=dict)
 
 
 Progress = Callable[[str], None]
@@ -102,6 +106,35 @@ def check_base_model(manifest: RunManifest) -> None:
             f"the local base model {manifest.model!r} has content hash {local[:16]}…, but the run pins "
             f"{manifest.base_hash[:16]}…: install the exact model the run was created with"
         )
+
+
+def node_attack(name: str | None, params: dict[str, Any]) -> Behaviour | None:
+    """The behaviour of a Byzantine `join` process (simulations only), or None for an honest one.
+
+    A process knows no colluders and shares no board with them, so only attacks that act on what this one
+    peer holds can run there: not the omniscient ones (`waits_for_honest`: they wait each step for the
+    honest updates their colluders saw), not Sybil groups, and not data poisoning (the in-process
+    simulation poisons a Byzantine peer's training labels before round 0; a node trains on its file)."""
+    if name is None or name == "none":
+        return None
+    from p2pfed.attacks.kinds import poisons_data
+    from p2pfed.attacks.registry import SYBIL, load_behaviour
+
+    if name.strip().lower() == SYBIL:
+        raise ConfigError("a join process is one identity: run the sybil attack in an in-process simulation")
+    behaviour = load_behaviour(name, **params)
+    layers, inner = [behaviour], getattr(behaviour, "inner", None)
+    while isinstance(inner, Behaviour):  # patient, targeted: what they strike with counts too
+        layers.append(inner)
+        inner = getattr(inner, "inner", None)
+    for layer in layers:
+        if layer.waits_for_honest or poisons_data(layer):
+            kind = "waits each step for its colluders' view" if layer.waits_for_honest else "poisons its data"
+            raise ConfigError(
+                f"attack {layer.name!r} {kind}, which a single join process cannot do: run it in an in-process "
+                "simulation (drop --processes), or pick a model-level attack such as sign_flip or gaussian"
+            )
+    return behaviour
 
 
 def _count_rows(path: Path) -> int:
@@ -167,6 +200,7 @@ class Node:
             evaluate_every=cfg.evaluate_every,
             checkpoint_dir=self.out,  # written after every round, before `_on_round`
             start_round=0 if resume is None else resume.round,
+            behaviour=node_attack(cfg.attack, cfg.attack_params),
         )
         self.status = NodeStatus(
             path=self.out / STATUS_FILE,
@@ -199,6 +233,7 @@ class Node:
     @classmethod
     def load(cls, cfg: NodeConfig, *, progress: Progress | None = None) -> Node:
         say = progress or (lambda line: log.info("%s", line))
+        node_attack(cfg.attack, cfg.attack_params)  # a bad attack fails now, not after the model has loaded
         run = RunFile.load(cfg.run_file)
         manifest = run.manifest
         out = Path(cfg.out)
@@ -294,7 +329,7 @@ class Node:
         self.metrics.observe(
             report, self.transport.neighbours(), self.transport.counters, self.transport.relay_use()
         )
-        append_metrics(self.out, metrics_row(report, neighbours))
+        append_metrics(self.out, metrics_row(report, self.transport.neighbours()))
         self.status.round = report.round + 1
         self.status.rejections = dict(report.rejections)
         if report.accuracy is not None:

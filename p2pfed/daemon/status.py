@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,9 @@ class NodeStatus:
         write_atomic(self.path, (json.dumps(self.as_dict(), indent=2) + "\n").encode())
 
 
-def metrics_row(report: RoundReport, neighbours: int) -> dict[str, Any]:
+def metrics_row(report: RoundReport, neighbours: Iterable[str]) -> dict[str, Any]:
+    """One metrics.jsonl row of a node: the round's report and the neighbours it ended the round with."""
+    ids = sorted(neighbours)
     return {
         "round": report.round,
         "peer_id": report.peer,
@@ -74,7 +76,8 @@ def metrics_row(report: RoundReport, neighbours: int) -> dict[str, Any]:
         "bytes_sent": report.bytes_sent,
         "bytes_received": report.bytes_received,
         "seconds": round(report.seconds, 3),
-        "neighbours": neighbours,
+        "neighbours": len(ids),
+        "neighbour_ids": ids,
         "outcomes": report.outcomes,
         "rejections": report.rejections,
         "reputation": {k: round(v, 4) for k, v in report.reputation.items()},
