@@ -38,7 +38,7 @@ import numpy as np
 from p2pfed.config import RunManifest, write_atomic
 from p2pfed.daemon.node import node_attack
 from p2pfed.daemon.runfile import RunFile, create_manifest
-from p2pfed.daemon.status import read_metrics
+from p2pfed.daemon.status import STATUS_FILE, read_metrics, read_status
 from p2pfed.errors import CheckpointError, NetworkError
 from p2pfed.learn.data import load_task, split_test, test_size_for
 from p2pfed.learn.partition import partition
@@ -286,8 +286,7 @@ def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float, byzanti
     """Merge the nodes' metrics into the run directory (metrics.jsonl, summary.json): accuracy over the
     honest peers only, and each honest peer's share of Byzantine neighbours (from the IDs in its rows)."""
     byzantine = byzantine or set()
-    ids = [str(json.loads((node / "status.json").read_text()).get("peer_id", "")) if (node / "status.json").exists()
-           else "" for node in nodes]
+    ids = [str(read_status(node).get("peer_id", "")) if (node / STATUS_FILE).exists() else "" for node in nodes]
     byzantine_ids = {ids[i] for i in byzantine}
     rows: list[dict[str, Any]] = []
     for i, node in enumerate(nodes):
@@ -297,8 +296,9 @@ def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float, byzanti
             rows.append({**row, "peer": i, "byzantine": i in byzantine, "byzantine_neighbour_share": round(share, 4)})
     rows.sort(key=lambda r: (r["round"], r["peer"]))
     honest_rows = [r for r in rows if not r["byzantine"]]
+    rounds = sorted({r["round"] for r in honest_rows})
     curve = []
-    for rnd in sorted({r["round"] for r in honest_rows}):
+    for rnd in rounds:
         accuracies = [r["accuracy"] for r in honest_rows if r["round"] == rnd and r["accuracy"] is not None]
         if accuracies:
             curve.append({
@@ -338,7 +338,7 @@ def gather(cfg: SimConfig, out: Path, nodes: list[Path], *, wall: float, byzanti
         "neighbourhoods": {
             "byzantine_share_mean_by_round": [
                 round(float(np.mean([r["byzantine_neighbour_share"] for r in honest_rows if r["round"] == rnd])), 4)
-                for rnd in sorted({r["round"] for r in honest_rows})
+                for rnd in rounds
             ],
             # honest peers that still had a Byzantine neighbour when they finished
             "honest_peers_with_byzantine_neighbours": sorted(i for i, share in last_share.items() if share > 0),
