@@ -119,7 +119,8 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
 @click.option("--max-neighbours", default=MAX_NEIGHBOURS, show_default=True)
 @click.option("--min-neighbours", default=1, show_default=True, help="Neighbours to wait for before round 1.")
 @click.option("--wait", "neighbour_wait", default=600.0, show_default=True,
-              help="Seconds to wait for --min-neighbours before giving up.")
+              help="Seconds to wait for --min-neighbours before giving up; also the longest a round waits "
+                   "after one in which no neighbour's update arrived (they have not started, or are cut off).")
 @click.option("--eval-size", default=200, show_default=True, help="Held-out evaluation rows without --eval.")
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: torch's default).")
 @click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",

@@ -201,6 +201,7 @@ class Node:
             checkpoint_dir=self.out,  # written after every round, before `_on_round`
             start_round=0 if resume is None else resume.round,
             behaviour=node_attack(cfg.attack, cfg.attack_params),
+            alone_wait_s=cfg.neighbour_wait_s,  # neighbours not started yet hold our round 2
         )
         self.status = NodeStatus(
             path=self.out / STATUS_FILE,

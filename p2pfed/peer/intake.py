@@ -40,6 +40,7 @@ class Intake:
         self.ledger = StepLedger(gossip.gossip_steps)
         self.rejections: Counter[str] = Counter()
         self.latest_round: dict[str, int] = {}  # newest round each neighbour signed an update for
+        self.accepted = 0  # signed updates from neighbours that verified, since the start
         self._ahead: dict[str, Accepted] = {}  # each neighbour's newest update beyond our round window
 
     def receive(
@@ -66,6 +67,7 @@ class Intake:
         if not is_neighbour(sender):
             self._reject(remote, "not_a_neighbour", "")
             return False
+        self.accepted += 1
         self.latest_round[sender] = max(rnd, self.latest_round.get(sender, -1))
         if rnd > at[0] + self.window:  # evidence that the network is ahead: a waiting step gives up
             held = self._ahead.get(sender)
@@ -82,7 +84,10 @@ class Intake:
             self._reject(sender, admission.value, f"round {rnd} step {step}")
             self.ledger.answer(sender, *at)  # a replay answers a step too
             return
-        if rnd < at[0]:  # from a past round: late, or replayed; either way it answers now
+        if self._steps_behind((rnd, step), at) >= self.ledger.steps:
+            # A round or more behind us (late, or a replayer claiming an old round): it will not send
+            # our step in time, so it answers it. One less than a round behind, it is on its way to our
+            # step: wait for it, or a peer one step ahead of its neighbours would stay ahead and never mix.
             self.ledger.answer(sender, *at)
         if admission is Admission.EQUIVOCATION:
             self._reject(sender, "equivocation", f"round {rnd} step {step}")
@@ -91,6 +96,9 @@ class Intake:
         vector = verdict.tensors[TENSOR]
         if self.ledger.update(rnd, step, sender, vector) and self.on_update is not None:
             self.on_update(rnd, step, sender, vector)
+
+    def _steps_behind(self, sent: tuple[int, int], at: tuple[int, int]) -> int:
+        return (at[0] - sent[0]) * self.ledger.steps + at[1] - sent[1]
 
     def _reject(self, remote: str, reason: str, detail: str) -> None:
         self.rejections[reason] += 1

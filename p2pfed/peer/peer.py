@@ -62,7 +62,9 @@ class Peer:
     """One peer. `neighbour_degrees` is its one source of neighbours (and their degrees, for the mixing
     weights): a dict for a fixed topology, or a live view (`topology.LiveNeighbours`) of a network's; it
     is read at every gossip step. `behaviour` makes the peer Byzantine (a bare `Behaviour`, or an
-    `Attacker` that knows its colluders); `checkpoint_dir` gets an atomic checkpoint after every round."""
+    `Attacker` that knows its colluders); `checkpoint_dir` gets an atomic checkpoint after every round;
+    `alone_wait_s` > 0 holds the next round back after one in which no neighbour's update arrived
+    (`wait_for_company`): `join` sets it, sims start every peer together and leave it 0."""
 
     def __init__(
         self,
@@ -87,6 +89,7 @@ class Peer:
         checkpoint_dir: Path | None = None,
         start_round: int = 0,
         run_blocking: BlockingRunner | None = None,
+        alone_wait_s: float = 0.0,
     ) -> None:
         self.index = index
         self.identity = identity
@@ -110,6 +113,7 @@ class Peer:
         self.evaluate_every = evaluate_every
         self.checkpoint_dir = checkpoint_dir
         self.round = start_round
+        self.alone_wait_s = alone_wait_s
         self.step = 0  # the gossip step in progress
         self.limits = Limits()
         self.intake = Intake(gossip, index=index, on_update=self.attacker.remember if self.attacker else None)
@@ -149,13 +153,18 @@ class Peer:
             if join_late:
                 with trio.move_on_after(self.gossip.gossip_steps * self.gossip.step_timeout):
                     await self.wait_network_ahead()
+            alone = False
             while self.round < rounds:
+                if alone and self.alone_wait_s > 0:
+                    await self.wait_for_company()
                 self._refresh_neighbours()
                 self.catch_up()
                 if self.round >= rounds:
                     break
+                heard = self.intake.accepted
                 await self.run_round(self.round)
-                self.round += 1
+                alone = self.intake.accepted == heard
+                self.round, self.step = self.round + 1, 0
                 self._rounds_run += 1
             self.finished.set()
             nursery.cancel_scope.cancel()
@@ -205,13 +214,40 @@ class Peer:
                 return
             await arrival.wait()
 
+    async def wait_for_company(self) -> None:
+        """No neighbour's update arrived in the round we just ran: before the next one, wait (for
+        `alone_wait_s` at most) until a neighbour signs an update for it or a later round. Without this
+        wait a peer that starts first (its neighbours still meeting theirs), or is cut off, runs its
+        rounds alone and ahead of everyone, and never mixes once they start: their updates are for
+        rounds it has left, and each late one answers a step it is waiting in. Only updates that verify
+        count, so junk cannot release us early; a neighbour that signs a far round can, and then its
+        update waits, held, for the round it names."""
+        log.warning(
+            "peer %d: no neighbour's update arrived in round %d; waiting up to %.0f s for one of round %d",
+            self.index, self.round, self.alone_wait_s, self.round + 1,
+        )
+        with trio.move_on_after(self.alone_wait_s) as scope:
+            while True:
+                arrival = self._arrival
+                self._refresh_neighbours()
+                newest = [self.intake.latest_round.get(n, -1) for n in self.neighbour_degrees]
+                if max(newest, default=-1) >= self.round:
+                    return
+                await arrival.wait()
+        if scope.cancelled_caught:
+            log.warning("peer %d: still no neighbour at round %d after %.0f s; going on alone",
+                        self.index, self.round + 1, self.alone_wait_s)
+
     def catch_up(self) -> None:
         """Skip to the network's round when most neighbours are ahead of us (we joined late or were down).
 
-        The evidence is signed: the lower median of the neighbours' newest signed rounds, so a minority of
-        lying neighbours cannot make us jump. If we never ran a round (a fresh peer) or are behind by more than the round
+        The evidence is signed: most neighbours must have sent an update, and the lower median of their
+        newest signed rounds counts, so a minority of lying neighbours cannot make us jump, not even one
+        that speaks before the others. If we never ran a round (a fresh peer) or are behind by more than the round
         window, our model is stale: the next mix adopts the neighbours' vectors instead of averaging ours in.
         """
+        if not self.intake.most_are_past(self.round, self.neighbour_degrees):
+            return  # fewer than most of them have spoken: one early liar must not be the median
         target = self.network_round()
         if target is None or target <= self.round:
             return
@@ -288,12 +324,13 @@ class Peer:
         trusted = [n for n in everyone if not self.reputation.is_quarantined(n)]
         if self.attacker is not None:
             return await self.attacker.gossip_step(self, rnd, step, everyone, trusted)
-        if everyone:
-            envelope = await self.seal_update(rnd, step, self.vector)
-            async with trio.open_nursery() as nursery:
-                for to in everyone:
-                    nursery.start_soon(self.send_one, to, envelope)
-        await self.wait_updates(rnd, step, trusted)
+        envelope = await self.seal_update(rnd, step, self.vector) if everyone else b""
+        # Sending and waiting overlap: a send to an unreachable neighbour (a partition) lasts up to the
+        # step deadline, and so does the wait for its update, so the step takes one deadline, not two.
+        async with trio.open_nursery() as nursery:
+            for to in everyone:
+                nursery.start_soon(self.send_one, to, envelope)
+            await self.wait_updates(rnd, step, trusted)
         return await self.defend_and_mix(rnd, step)
 
     async def wait_updates(self, rnd: int, step: int, expected: list[str]) -> None:
@@ -303,8 +340,7 @@ class Peer:
                 arrival = self._arrival
                 if self.ledger.answered(rnd, step, expected):
                     return
-                ahead = self.network_round()
-                if ahead is not None and ahead > rnd + self.gossip.round_window:
+                if self.intake.most_are_past(rnd + self.gossip.round_window, self.neighbour_degrees):
                     return  # the network moved on; the round loop catches up
                 await arrival.wait()
 
