@@ -151,7 +151,7 @@ def round_bound(rows: list[dict[str, Any]]) -> float:
 PRE, CUT, AFTER = 3, 2, 3  # rounds before the partition, rounds partitioned, rounds allowed to reconverge
 
 
-@pytest.mark.skip(reason="known gap (docs/network-faults.md): while peers meet, neighbour counts are asymmetric and a peer that starts a round ahead of its neighbours never receives their updates; this test has not passed on the current code")
+@pytest.mark.skip(reason="known gap (docs/network-faults.md): the peers now meet and run the 3 rounds before the cut, but the 2 partitioned rounds do not finish within the bound (105 s); not yet diagnosed")
 @pytest.mark.parametrize("network", [PRE + CUT + AFTER + 2], indirect=True)
 def test_halves_keep_training_through_a_partition_and_reconverge_after_it_heals(network: Network) -> None:
     network.start()
@@ -187,7 +187,6 @@ LOSS = 0.1
 LOSS_ROUNDS = 4
 
 
-@pytest.mark.skip(reason="known gap (docs/network-faults.md): while peers meet, neighbour counts are asymmetric and a peer that starts a round ahead of its neighbours never receives their updates; this test has not passed on the current code")
 @pytest.mark.parametrize("network", [LOSS_ROUNDS], indirect=True)
 def test_rounds_complete_under_ten_percent_loss_and_loss_is_not_misbehaviour(network: Network) -> None:
     network.net.lose(LOSS)
