@@ -55,6 +55,18 @@ async def quietly(action: Callable[[], Awaitable[object]], timeout_s: float = 1.
         await action()
 
 
+async def hard_close(conn: Any, timeout_s: float = 1.0) -> None:
+    """Close a swarm connection even when its writers are stuck. py-libp2p closes a yamux connection by
+    first writing GO_AWAY, which waits for the connection's write lock; a writer blocked on a full socket
+    (the remote stopped reading, or a partition drops its ACKs) holds that lock until TCP gives up,
+    minutes later. Closing the socket underneath first wakes every blocked writer with an error, and
+    the orderly close after it no longer waits."""
+    secured = getattr(getattr(conn, "muxed_conn", None), "secured_conn", None)
+    if secured is not None:
+        await quietly(secured.close, timeout_s)
+    await quietly(conn.close, timeout_s)
+
+
 def guarded(handler: Callable[[Any], Awaitable[None]], count: Callable[[str], None], name: str):
     """A stream handler from which no exception escapes into the host's nursery (defects 1, 2)."""
 

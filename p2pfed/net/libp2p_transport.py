@@ -335,6 +335,7 @@ class Libp2pTransport:
                     subscription = await self._pubsub.subscribe(self.topic)
                     async with trio.open_nursery() as nursery:
                         self._members.nursery = nursery
+                        self._sender.nursery = nursery
                         self._discovery.start(nursery, subscription)
                         if self._directory is not None:
                             nursery.start_soon(self._directory.run)
@@ -345,7 +346,7 @@ class Libp2pTransport:
                         self._started.set()
                         task_status.started()
                         await self._stop.wait()
-                        self._members.nursery = None
+                        self._members.nursery = self._sender.nursery = None
                         await self._host.close()
                         nursery.cancel_scope.cancel()
             finally:
