@@ -103,6 +103,9 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
 @click.option("--private", is_flag=True,
               help="This host is behind NAT (others cannot dial it): reserve a slot on a relay peer, "
                    "announce the relayed address, and try DCUtR hole punching to reach peers directly.")
+@click.option("--autonat/--no-autonat", default=True, show_default=True,
+              help="Ask connected peers to dial this host back (AutoNAT). If none of them can, act as "
+                   "--private from then on. status.json's \"reachability\" gives the verdict.")
 @click.option("--relay-service/--no-relay-service", default=None,
               help="Relay circuits for peers behind NAT (circuit relay v2, within resource limits). "
                    "Default: on, unless --private.")
@@ -133,7 +136,7 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
 @click.option("--attack-param", multiple=True, metavar="KEY=VALUE", hidden=True)
 def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...],
          announce: tuple[str, ...],
-         mdns: bool, dht: bool, private: bool, relay_service: bool | None, out: Path, key: Path | None, rounds: int | None, local_steps: int | None,
+         mdns: bool, dht: bool, private: bool, autonat: bool, relay_service: bool | None, out: Path, key: Path | None, rounds: int | None, local_steps: int | None,
          step_timeout: float | None, defence: str | None,
          defence_param: tuple[str, ...], max_neighbours: int, min_neighbours: int, neighbour_wait: float,
          eval_size: int, threads: int, metrics_addr: str | None, index: int | None, attack: str | None,
@@ -162,7 +165,7 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
     gossip = dataclasses.replace(RunFile.load(run_file).gossip, **{k: v for k, v in overrides.items() if v is not None})
     cfg = NodeConfig(
         run_file=run_file, data=data, out=out, eval_data=eval_data, identity=key, listen=listen,
-        bootstrap=bootstrap, announce=announce, mdns=mdns, dht=dht, private=private, relay_service=relay_service, gossip=gossip, defence=defence or DEFAULT_DEFENCE,
+        bootstrap=bootstrap, announce=announce, mdns=mdns, dht=dht, private=private, autonat=autonat, relay_service=relay_service, gossip=gossip, defence=defence or DEFAULT_DEFENCE,
         defence_params=key_values(defence_param, "--defence-param"), max_neighbours=max_neighbours,
         min_neighbours=min_neighbours, neighbour_wait_s=neighbour_wait, eval_size=eval_size, threads=threads,
         index=index, attack=attack, attack_params=key_values(attack_param, "--attack-param"),

@@ -81,7 +81,7 @@ def test_private_peers_train_through_a_relay_when_no_direct_path_is_tried() -> N
                 # what an operator's scrape shows
                 assert relay_gauges(source) == {"relayed_neighbours": 1.0, "direct_neighbours": 1.0,
                                                 "reservations": 1.0, "circuits_served": 0.0,
-                                                "hole_punched": 0.0}
+                                                "hole_punched": 0.0, "behind_nat": 1.0}
                 assert relay_gauges(relay)["circuits_served"] >= 1
 
     trio.run(main)

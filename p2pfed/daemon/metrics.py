@@ -58,7 +58,8 @@ class NodeMetrics:
             "p2pfed_relay",
             "Relay use now: relayed_neighbours and direct_neighbours (the path each neighbour's "
             "connection takes), reservations (relays holding a slot for us), circuits_served (what we "
-            "relay for others), hole_punched (relayed links DCUtR made direct)",
+            "relay for others), hole_punched (relayed links DCUtR made direct), behind_nat (1 when --private "
+            "or AutoNAT found nobody could dial us back)",
             ["kind"],
             registry=r,
         )

@@ -67,6 +67,7 @@ class NodeConfig:
     mdns: bool = False
     dht: bool = True  # find the run's peers through the Kademlia DHT (provider record of the run digest)
     private: bool = False  # behind NAT: reserve a relay slot and announce the relayed address
+    autonat: bool = True  # ask peers to dial us back; act as `private` if none can
     relay_service: bool | None = None  # relay for others; None: yes unless `private`
     gossip: GossipConfig | None = None  # None: the run file's [gossip] table; Q, round window: the run's
     defence: str = DEFAULT_DEFENCE
@@ -170,6 +171,7 @@ class Node:
                 enable_mdns=cfg.mdns,
                 enable_dht=cfg.dht,
                 private=cfg.private,
+                autonat=cfg.autonat,
                 relay_service=(not cfg.private) if cfg.relay_service is None else cfg.relay_service,
                 max_neighbours=cfg.max_neighbours,
                 announce_interval_s=cfg.announce_interval_s,
@@ -358,6 +360,7 @@ class Node:
             for pid, degree in degrees.items()
         }
         self.status.transport = dict(self.transport.counters)
+        self.status.reachability = "private" if self.transport.private else self.transport.reachability.status
         self.status.write()
 
     async def _status_loop(self) -> None:

@@ -38,6 +38,7 @@ class NodeStatus:
     rejections: dict[str, int] = field(default_factory=dict)
     transport: dict[str, int] = field(default_factory=dict)
     message: str = ""
+    reachability: str = "unknown"  # public, private (--private or AutoNAT's verdict), unknown
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class NodeStatus:
             "rounds": self.rounds,
             "resumed_from": self.resumed_from,
             "listen_addrs": self.listen_addrs,
+            "reachability": self.reachability,
             "neighbours": self.neighbours,
             "last_eval": self.last_eval,
             "bytes_in": self.transport.get("bytes_in", 0),

@@ -182,6 +182,7 @@ class NatTraversal:
             "reservations": len(self.reservations),
             "circuits_served": len(self.protocol._active_relays),
             "hole_punched": len(self.dcutr._direct_connections) if self.dcutr is not None else 0,
+            "behind_nat": int(self.private),
         }
 
     def path_to(self, peer: str) -> str:

@@ -34,6 +34,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 
 from p2pfed.config import ANNOUNCE_INTERVAL_S, MAX_NEIGHBOURS, run_topic
 from p2pfed.net.framing import FrameError, read_frame_chunks
+from p2pfed.net.libp2p_autonat import DialBackService, Reachability
 from p2pfed.net.libp2p_dht import RunDirectory
 from p2pfed.net.libp2p_discovery import Discovery
 from p2pfed.net.libp2p_guards import ConnectionEvents, guarded, no_auto_connect, quietly
@@ -72,6 +73,9 @@ class Libp2pConfig:
     # `private` (behind NAT) reserves a slot on connected relays and announces the relayed address
     relay_service: bool = False
     private: bool = False
+    # AutoNAT: ask connected peers to dial us back; if they cannot, act as `private` from then on
+    autonat: bool = False
+    autonat_interval_s: float = 5.0  # between checks while the verdict is not firm (too few servers)
     hole_punch: bool = True  # DCUtR: try to replace a relayed connection by a direct one
     relay: RelayRules = RelayRules()
     relay_interval_s: float = 5.0  # between checks of our reservations
@@ -181,6 +185,17 @@ class Libp2pTransport:
             hole_punch=config.hole_punch,
             counters=self.counters,
             notify=self._notify,
+        )
+        # every peer answers dial-back requests; one started with `autonat` also asks them
+        self.reachability = Reachability(
+            self._host,
+            DialBackService(cast(BasicHost, self._host), dial_timeout_s=config.dial_timeout_s),
+            self.announced_addrs,
+            self._became_private,
+            self.counters,
+            self._notify,
+            query_timeout_s=config.dial_timeout_s + 10.0,
+            interval_s=config.autonat_interval_s,
         )
         self._dialled: dict[str, str] = {}  # peer -> the direct address we last reached it on
         self._directory = (
@@ -339,8 +354,10 @@ class Libp2pTransport:
                         self._discovery.start(nursery, subscription)
                         if self._directory is not None:
                             nursery.start_soon(self._directory.run)
-                        if self.config.private:
+                        if self.config.private or self.config.autonat:
                             nursery.start_soon(self._keep_relay_slots, nursery)
+                        if self.config.autonat and not self.config.private:
+                            nursery.start_soon(self.reachability.run)
                         self._members.discovered(self._bootstrap_peers(), BOOTSTRAP)
                         nursery.start_soon(self._retry_bootstrap)
                         self._started.set()
@@ -436,6 +453,19 @@ class Libp2pTransport:
                 self._directory.kick()  # re-provide with the relayed address
             await trio.sleep(self.config.relay_interval_s)
 
+    def _became_private(self) -> None:
+        """AutoNAT's verdict: nobody can dial us. From now on we are `private` (relay slots, relayed
+        addresses only), as if started so."""
+        self.nat.private = True
+        self._count("autonat_became_private")
+        if self._directory is not None:
+            self._directory.kick()
+
+    @property
+    def private(self) -> bool:
+        """Behind NAT: set by `--private`, or found by AutoNAT."""
+        return self.nat.private
+
     def relay_use(self) -> dict[str, int]:
         """Which paths our neighbours' connections take, and what we relay (metrics)."""
         return self.nat.use(self.neighbours())
@@ -507,7 +537,7 @@ class Libp2pTransport:
             return relayed + tuple(
                 a if a.endswith(suffix) else a + suffix for a in self.config.announce_addrs
             )
-        if self.config.private:  # our own addresses are not reachable from outside
+        if self.nat.private:  # our own addresses are not reachable from outside
             return relayed
         return tuple(
             a for a in self.listen_addrs if "/ip4/0.0.0.0/" not in a and "/ip6/::/" not in a
