@@ -7,7 +7,7 @@ the run directory's metrics.jsonl and summary.json, like the memory path's.
 
 With `churn` > 0 the supervisor plays a hostile environment (a churn soak): each time a peer finishes a
 round, with probability `churn` it is SIGKILLed a random moment into its next round and restarted at once
-from its node directory (same identity, same checkpoint), bootstrapping from a random live peer. Every
+from its node directory (same identity, checkpoint and port), bootstrapping from up to three live peers. Every
 killed peer's checkpoint is loaded right after the kill; summary.json's "churn" table counts the kills,
 the checks and any corrupt checkpoint, and gives the slowest round of any peer (a stall would show there).
 The last CALM_ROUNDS rounds are churn-free, so a peer restarted near the end still has neighbours to
@@ -50,6 +50,8 @@ from p2pfed.sims.simulate import SimConfig, SimResult, placement_of
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 300.0  # model loading on a busy machine
+ANY_PORT = "/ip4/127.0.0.1/tcp/0"
+RESTART_BOOTSTRAPS = 3  # live peers a restarted peer is given: one of them may be restarting itself
 CALM_ROUNDS = 2  # churn spares the last rounds: a peer restarted then still finds neighbours to finish with
 POLL_S = 0.2
 
@@ -86,7 +88,7 @@ def manifest_for(cfg: SimConfig) -> RunManifest:
 
 def join_command(run_file: Path, data: Path, out: Path, *, eval_file: Path | None, extra: list[str]) -> list[str]:
     command = [sys.executable, "-m", "p2pfed.cli.main", "join", "--run", str(run_file), "--data", str(data),
-               "--out", str(out), "--listen", "/ip4/127.0.0.1/tcp/0"]
+               "--out", str(out), "--listen", ANY_PORT]
     if eval_file is not None:
         command += ["--eval", str(eval_file)]
     return command + extra
@@ -165,11 +167,13 @@ class _Peer:
     process: subprocess.Popen[bytes] | None = None
     kills: int = 0
 
-    def start(self, extra: list[str]) -> None:
+    def start(self, extra: list[str], *, listen: str | None = None) -> None:
+        """Start the process; `listen` replaces the command's listen address (a restart keeps its port)."""
         self.node.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [listen if listen is not None and arg == ANY_PORT else arg for arg in self.command]
         with (self.node / "stderr.txt").open("ab") as err:
-            self.process = subprocess.Popen([*self.command, *extra], stdout=subprocess.DEVNULL, stderr=err, env=env)
+            self.process = subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, stderr=err, env=env)
 
     def require(self) -> subprocess.Popen[bytes]:
         if self.process is None:
@@ -184,6 +188,15 @@ class _Peer:
             return dict(json.loads((self.node / "status.json").read_text()))
         except (OSError, ValueError):
             return {}
+
+    def address(self) -> str | None:
+        """The listen address of the running process, read from status.json only once that process wrote
+        it: a peer restarted a moment ago still has its previous incarnation's file, with a dead port."""
+        status = self.status()
+        addrs = status.get("listen_addrs")
+        if not self.alive() or not addrs or status.get("pid") != self.require().pid:
+            return None
+        return str(addrs[0])
 
     def kill(self) -> None:
         process = self.require()
@@ -246,6 +259,9 @@ class _Supervisor:
             self._restart(peer)
 
     def _restart(self, peer: _Peer) -> None:
+        """SIGKILL and restart `peer` on the address it had, as a daemon under a process manager comes back
+        on its configured port: the addresses its neighbours and restarting peers hold stay valid."""
+        address = peer.address()
         peer.kill()
         log.info("churn: killed peer %d at round %s", peer.index, peer.status().get("round"))
         try:
@@ -254,12 +270,11 @@ class _Supervisor:
         except CheckpointError as exc:
             self.checked += 1
             self.corrupt.append(str(exc))
-        others = [p for p in self.peers if p is not peer and p.alive() and p.status().get("listen_addrs")]
+        live = [a for a in (p.address() for p in self.peers if p is not peer) if a is not None]
         extra = ["--min-neighbours", "1"]
-        if others:
-            chosen = others[int(self.rng.integers(len(others)))]
-            extra += ["--bootstrap", str(chosen.status()["listen_addrs"][0])]
-        peer.start(extra)
+        for i in self.rng.permutation(len(live))[:RESTART_BOOTSTRAPS]:
+            extra += ["--bootstrap", live[int(i)]]
+        peer.start(extra, listen=address.split("/p2p/")[0] if address is not None else None)
 
     def report(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         slowest = max(rows, key=lambda r: r["seconds"]) if rows else None

@@ -22,7 +22,7 @@ from p2pfed.sims.simulate import SimConfig, run_simulation
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.network,
-    pytest.mark.skip(reason="not yet run to completion: the soak needs the start-up fix of docs/network-faults.md; its thresholds are not measured"),
+    pytest.mark.skip(reason="fails as measured in session 20 (docs/network-faults.md): a peer restarted near the end was left alone at round 11 of 15, after the nine others finished their rounds and exited"),
 ]
 
 PEERS, ROUNDS, K, Q = 10, 15, 3, 2

@@ -17,6 +17,7 @@ from p2pfed.sims.simulate import SimConfig, run_simulation
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 NOISE = 0.02  # accuracy on 500 test rows; same seeds, so the paths differ only by float summation order
+ROUNDS = 3  # for the Byzantine run: round 0 ends at the majority baseline, so two rounds left one to clear it
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_one_process_per_peer_gives_the_memory_transports_result(model: TaskMode
 def test_byzantine_join_processes_are_scored_apart_and_their_neighbours_are_named(tmp_path: Path) -> None:
     out = tmp_path / "byz"
     done = subprocess.run([sys.executable, "-m", "p2pfed.cli.main", "sim", "--transport", "libp2p", "--processes",
-                           "--peers", "4", "--byzantine", "1", "--attack", "sign_flip", "--rounds", "2", "-K", "5",
+                           "--peers", "4", "--byzantine", "1", "--attack", "sign_flip", "--rounds", str(ROUNDS), "-K", "5",
                            "-Q", "2", "--no-adapters", "--out", str(out)],
                           check=True, capture_output=True, text=True, timeout=300)
     summary = json.loads((out / "summary.json").read_text())
@@ -66,12 +67,15 @@ def test_byzantine_join_processes_are_scored_apart_and_their_neighbours_are_name
     (bad,) = summary["byzantine_peers"]
     assert all(r["byzantine"] == (r["peer"] == bad) for r in rows)
     assert all(r["accuracy"] is None for r in rows if r["byzantine"])  # scored apart: not an honest peer
-    honest_last = [r for r in rows if not r["byzantine"] and r["round"] == 1]
+    honest_last = [r for r in rows if not r["byzantine"] and r["round"] == ROUNDS - 1]
     assert len(honest_last) == 3
     (bad_id,) = summary["byzantine_peer_ids"]
     for row in honest_last:  # the share is read from the neighbours the node names
+        assert row["neighbour_ids"], row
         share = sum(n == bad_id for n in row["neighbour_ids"]) / len(row["neighbour_ids"])
         assert row["byzantine_neighbour_share"] == pytest.approx(share, abs=1e-4)
-    assert summary["final"]["honest_accuracy_min"] > summary["final"]["majority_baseline"]
+    # round 0 ends at the majority baseline (five steps predict the majority class); later rounds climb above it
+    trace = [(r["peer"], r["round"], r["accuracy"], len(r["neighbour_ids"])) for r in rows]
+    assert summary["final"]["honest_accuracy_min"] > summary["final"]["majority_baseline"], (trace, done.stdout)
     assert "honest peers that finished with a Byzantine neighbour" in done.stdout
     assert "Byzantine peers (excluded above): [" in done.stdout
