@@ -12,7 +12,7 @@ import socket
 import multiaddr
 import pytest
 import trio
-from libp2p.host.autonat.autonat import AutoNATService
+from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID, AutoNATService
 
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
 from p2pfed.net.loopback import loopback_transports
@@ -71,14 +71,13 @@ def test_py_libp2p_autonat_server_vouches_for_a_closed_port_which_is_why_ours_di
     async def main() -> None:
         identities = [Identity.for_peer(42, i) for i in range(2)]
         async with loopback_transports(identities, CONFIG) as (client, server):
-            library = AutoNATService(server._host, serve=True)  # replaces our handler on the server
-            del library
+            AutoNATService(server._host, serve=True)  # the library's server replaces ours on the server
             port = closed_port()
             bogus = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}").to_bytes()
             status, _ = await client.reachability.service.query_server(server._host.get_id(), [bogus], timeout=10)
             assert status == 0  # OK: the library reused the connection the request came on
             ours = server.reachability.service
-            server._host.set_stream_handler("/libp2p/autonat/1.0.0", ours.handle_stream)
+            server._host.set_stream_handler(AUTONAT_PROTOCOL_ID, ours.handle_stream)
             status, _ = await client.reachability.service.query_server(server._host.get_id(), [bogus], timeout=10)
             assert status != 0  # E_DIAL_ERROR: the fresh host could not dial the closed port
 

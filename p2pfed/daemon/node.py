@@ -360,7 +360,7 @@ class Node:
             for pid, degree in degrees.items()
         }
         self.status.transport = dict(self.transport.counters)
-        self.status.reachability = "private" if self.transport.private else self.transport.reachability.status
+        self.status.reachability = self.transport.reachability_status
         self.status.write()
 
     async def _status_loop(self) -> None:

@@ -466,6 +466,11 @@ class Libp2pTransport:
         """Behind NAT: set by `--private`, or found by AutoNAT."""
         return self.nat.private
 
+    @property
+    def reachability_status(self) -> str:
+        """public, private (`--private` or AutoNAT's verdict) or unknown (AutoNAT has not decided)."""
+        return "private" if self.private else self.reachability.status
+
     def relay_use(self) -> dict[str, int]:
         """Which paths our neighbours' connections take, and what we relay (metrics)."""
         return self.nat.use(self.neighbours())
