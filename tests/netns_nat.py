@@ -6,7 +6,8 @@ lives and dies with this process).
     rtr1    (198.51.100.2 | 10.9.1.1, MASQUERADE, no new inbound)  -- priv1 (10.9.1.2): peer of run A
     rtr2    (203.0.113.2  | 10.9.2.1, MASQUERADE, no new inbound)  -- priv2 (10.9.2.2): peer of run A
 
-The private peers are given only the relay peer's address. They must find each other through the DHT,
+The private peers are given only the relay peer's address; priv1 starts with `--private`, priv2 is left
+to AutoNAT to find out. They must find each other through the DHT,
 reserve relay slots, and train. Usage: python netns_nat.py ROOT SECONDS; writes ROOT/result.json.
 """
 
@@ -93,9 +94,10 @@ def main(root: Path, seconds: float) -> None:
             time.sleep(0.2)
         boot = f"/ip4/{PUBLIC_ADDR}/tcp/{PORT}/p2p/{status(relay)['peer_id']}"
         result["bootstrap"] = boot
-        for i in (1, 2):
+        # priv1 is told it is behind NAT; priv2 must find out through AutoNAT (the relay peer cannot dial it)
+        for i, told in ((1, ["--private"]), (2, [])):
             procs.append(join(names[f"priv{i}"], root, f"priv{i}", "run-a.toml", f"data/peer-{i - 1:02d}.jsonl",
-                              ["--private", "--bootstrap", boot, "--min-neighbours", "1", "--wait", str(int(seconds))]))
+                              [*told, "--bootstrap", boot, "--min-neighbours", "1", "--wait", str(int(seconds))]))
         privs = [root / "priv1", root / "priv2"]
         seen: dict[str, set[str]] = {"priv1": set(), "priv2": set()}
         while time.monotonic() < deadline:

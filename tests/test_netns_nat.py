@@ -1,6 +1,7 @@
 """NAT and a stranger's view, in network namespaces (tests/netns_nat.py builds them): two peers of run A,
 each in its own private namespace behind MASQUERADE, are given only the address of a public peer of run
-B. They find each other through the DHT, reach each other through that peer's circuit relay (or a
+B. priv1 is told it is behind NAT, priv2 finds out through
+AutoNAT. They find each other through the DHT, reach each other through that peer's circuit relay (or a
 DCUtR hole punch), and train together for 3 rounds; the test says which path carried the adapters."""
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def test_two_peers_behind_nat_given_another_runs_address_train_together(tmp_path
         assert any(r["outcomes"].get("kept", 0) for r in rows)
         checkpoint = load_checkpoint(node)
         assert checkpoint is not None and checkpoint.round >= ROUNDS
+        assert final["reachability"] == "private", name  # priv2: AutoNAT's verdict, not a flag
+    assert json.loads((tmp_path / "priv2" / "status.json").read_text())["transport"]["autonat_became_private"] == 1
     relay = json.loads((tmp_path / "relay" / "status.json").read_text())
+    assert relay["reachability"] == "public"  # every dial-back to it succeeded
     assert relay["neighbours"] == {}  # a peer of another run: never a neighbour of run A's peers
     for name, other in (("priv1", "priv2"), ("priv2", "priv1")):
         paths = result["paths"][name]

@@ -534,27 +534,26 @@ class Libp2pTransport:
 
     # -------------------------------------------------------------- addresses
     def announced_addrs(self) -> tuple[str, ...]:
-        """What we tell others to dial: --announce addresses (with our ID), else the listen addresses
-        that a remote can reach (0.0.0.0 and :: are not addresses anyone can dial)."""
+        """What we tell others to dial (presence, DHT records, AutoNAT dial-back requests): --announce
+        addresses, else our direct addresses; each ends in /p2p/<our ID>."""
         relayed = self.nat.relayed_addrs()
-        if self.config.announce_addrs:
-            suffix = f"/p2p/{self.local_id}"
-            return relayed + tuple(
-                a if a.endswith(suffix) else a + suffix for a in self.config.announce_addrs
-            )
-        if self.nat.private:  # our own addresses are not reachable from outside
+        if self.nat.private and not self.config.announce_addrs:  # our own addresses are not reachable
             return relayed
-        return tuple(
-            a for a in self.listen_addrs if "/ip4/0.0.0.0/" not in a and "/ip6/::/" not in a
-        )
+        suffix = f"/p2p/{self.local_id}"
+        return relayed + tuple(a if a.endswith(suffix) else a + suffix for a in self._direct_addrs())
 
-    def _mdns_addrs(self) -> list[str]:
-        """What mDNS advertises: the --announce addresses, else the listen addresses with a wildcard
-        (0.0.0.0, ::) replaced by this machine's interface addresses; libp2p appends /p2p/<id>."""
+    def _direct_addrs(self) -> list[str]:
+        """The --announce addresses, else the listen addresses with a wildcard (0.0.0.0, ::) replaced by
+        this machine's interface addresses: nobody can dial a wildcard."""
         if self.config.announce_addrs:
             return [a.split("/p2p/")[0] for a in self.config.announce_addrs]
         return [
             str(concrete)
             for addr in self._host.get_transport_addrs()
             for concrete in expand_wildcard_address(addr)
+            if not any(w in str(concrete) for w in ("/ip4/0.0.0.0/", "/ip6/::/"))
         ]
+
+    def _mdns_addrs(self) -> list[str]:
+        """What mDNS advertises: our direct addresses (libp2p appends /p2p/<id>)."""
+        return self._direct_addrs()
