@@ -21,6 +21,7 @@ import pytest
 
 from p2pfed.daemon.status import read_metrics
 from p2pfed.peer.checkpoint import load_checkpoint
+from p2pfed.peer.intake import LATE
 from p2pfed.sims.processes import export_shards
 from p2pfed.sims.simulate import SimConfig
 from tests.netns import Lab, can_run, lab
@@ -149,15 +150,18 @@ def round_bound(rows: list[dict[str, Any]]) -> float:
 
 
 PRE, CUT, AFTER = 3, 2, 3  # rounds before the partition, rounds partitioned, rounds allowed to reconverge
+# Training keeps the consensus distance moving round to round even without faults (0.011 then 0.015 before
+# the cut here), and after a heal the floor it settles to varies run to run with the timing (the lowest of
+# the 3 healed rounds, in seven runs: 0.0012 to 0.023). So "back to its pre-partition level" means back
+# within a band: at most this many times the largest distance before the cut. The cut moves it to 7-12.
+BAND = 2.0
 
 
-@pytest.mark.skip(reason="flaky, measured in session 20: passed 4 of 6 runs here; failed once on reconvergence (0.018 after "
-                  "healing against 0.015 before) and once on a stale_round rejection of an update delivered after healing")
 @pytest.mark.parametrize("network", [PRE + CUT + AFTER + 2], indirect=True)
 def test_halves_keep_training_through_a_partition_and_reconverge_after_it_heals(network: Network) -> None:
     network.start()
     network.wait_rounds(PRE, 600)
-    before = network.consensus_distance(PRE - 1)
+    before = max(network.consensus_distance(r) for r in range(PRE))
     fault_free = [r for n in network.nodes for r in read_metrics(n)]
     bound = round_bound(fault_free)
 
@@ -178,10 +182,15 @@ def test_halves_keep_training_through_a_partition_and_reconverge_after_it_heals(
         assert max(r["seconds"] for r in rows) <= bound, (i, [r["seconds"] for r in rows])
         cut = [r for r in rows if cut_from <= r["round"] < cut_from + CUT]
         assert cut and all(r["outcomes"].get("kept", 0) > 0 for r in cut), (i, cut)  # its half still mixed
-        assert all(r["rejections"] == {} for r in rows), (i, rows[-1]["rejections"])
+        # After the heal, an update the partition held up may arrive rounds late (stale_round), and one may
+        # race the hello that makes its sender our neighbour again (not_a_neighbour): both are turned away
+        # at no cost to the sender. Any other reason would be a false accusation.
+        harmless = {reason.value for reason in LATE} | {"not_a_neighbour"}
+        assert all(set(r["rejections"]) <= harmless for r in rows), (i, rows[-1]["rejections"])
+        assert not {"evict", "refuse"} & set(status(node).get("transport", {})), i  # nobody was expelled
     worst_cut = max(distances[r] for r in range(cut_from, cut_from + CUT))
-    assert worst_cut > before  # the halves drifted apart while cut
-    assert min(distances[r] for r in range(healed_from, healed_from + AFTER)) <= before
+    assert worst_cut > 10 * BAND * before  # the halves drifted apart while cut
+    assert min(distances[r] for r in range(healed_from, healed_from + AFTER)) <= BAND * before
 
 
 LOSS = 0.1
