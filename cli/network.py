@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from p2pfed.cli.options import key_values
-from p2pfed.config import LORA_MODES, MAX_NEIGHBOURS, GossipConfig, RunManifest
+from p2pfed.config import LINGER_S, LORA_MODES, MAX_NEIGHBOURS, GossipConfig, RunManifest
 
 DEFAULT_OUT = Path("p2pfed-node")
 
@@ -124,6 +124,10 @@ def init(run_file: Path, model: str, task: str, labels: str, lora_mode: str, lor
 @click.option("--wait", "neighbour_wait", default=600.0, show_default=True,
               help="Seconds to wait for --min-neighbours before giving up; also the longest a round waits "
                    "after one in which no neighbour's update arrived (they have not started, or are cut off).")
+@click.option("--linger", default=LINGER_S, show_default=True,
+              help="After the last round, stay up at most this many seconds while a neighbour is still "
+                   "behind (restarted late, say), sending it the last round's updates so that it can finish. "
+                   "Exits at once when nobody is behind.")
 @click.option("--eval-size", default=200, show_default=True, help="Held-out evaluation rows without --eval.")
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: torch's default).")
 @click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
@@ -139,7 +143,7 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
          mdns: bool, dht: bool, private: bool, autonat: bool, relay_service: bool | None, out: Path, key: Path | None, rounds: int | None, local_steps: int | None,
          step_timeout: float | None, defence: str | None,
          defence_param: tuple[str, ...], max_neighbours: int, min_neighbours: int, neighbour_wait: float,
-         eval_size: int, threads: int, metrics_addr: str | None, index: int | None, attack: str | None,
+         linger: float, eval_size: int, threads: int, metrics_addr: str | None, index: int | None, attack: str | None,
          attack_param: tuple[str, ...]) -> None:
     """Join a run: discover its peers, train on your data, gossip adapters, checkpoint every round.
 
@@ -167,7 +171,8 @@ def join(run_file: Path, data: Path, eval_data: Path | None, listen: tuple[str, 
         run_file=run_file, data=data, out=out, eval_data=eval_data, identity=key, listen=listen,
         bootstrap=bootstrap, announce=announce, mdns=mdns, dht=dht, private=private, autonat=autonat, relay_service=relay_service, gossip=gossip, defence=defence or DEFAULT_DEFENCE,
         defence_params=key_values(defence_param, "--defence-param"), max_neighbours=max_neighbours,
-        min_neighbours=min_neighbours, neighbour_wait_s=neighbour_wait, eval_size=eval_size, threads=threads,
+        min_neighbours=min_neighbours, neighbour_wait_s=neighbour_wait, linger_s=linger, eval_size=eval_size,
+        threads=threads,
         index=index, attack=attack, attack_params=key_values(attack_param, "--attack-param"),
     )
 

@@ -23,6 +23,9 @@ from p2pfed.errors import ConfigError
 
 LORA_MODES = ("shared-a", "full")
 MAX_NEIGHBOURS = 16  # libp2p neighbours a peer keeps (join, the libp2p simulations)
+# A finished `join` stays up this long at most while a neighbour is still behind its last round (one
+# restarted near the end, say), answering it with that round's updates so that it can finish too.
+LINGER_S = 120.0
 ANNOUNCE_INTERVAL_S = 5.0  # seconds between presence announcements (peer exchange) on the run's topic
 
 
@@ -204,6 +207,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
 __all__ = [
     "ANNOUNCE_INTERVAL_S",
     "LORA_MODES",
+    "LINGER_S",
     "MAX_NEIGHBOURS",
     "SHARED_SCHEDULE",
     "GossipConfig",

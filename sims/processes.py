@@ -152,9 +152,28 @@ def run_processes(cfg: SimConfig, out: Path, *, eval_rows: int | None = None, ma
     result = gather(cfg, out, [p.node for p in peers], wall=time.perf_counter() - started, byzantine=byzantine,
                     majority_baseline=majority_share(eval_file))
     if churn > 0:
-        result.summary["churn"] = supervisor.report(result.rows)
+        result.summary["churn"] = {**supervisor.report(result.rows), **_killed_against_calm(peers, byzantine)}
         write_atomic(out / "summary.json", json.dumps(result.summary, indent=2).encode())
     return result
+
+
+def _killed_against_calm(peers: list[_Peer], byzantine: set[int]) -> dict[str, Any]:
+    """How far the killed peers end from the ones never killed, beside how far those are from each other:
+    the never-killed honest peers' spread is the normal consensus distance of this network under this
+    load, measured side by side (squared L2 distance to their mean, as `consensus_distance`)."""
+    vectors = {p.index: c.vector for p in peers if p.index not in byzantine and (c := load_checkpoint(p.node)) is not None}
+    calm = [i for i in vectors if not next(p for p in peers if p.index == i).kills]
+    killed = [i for i in vectors if i not in calm]
+    if not calm or not killed:
+        return {}
+    centre = np.mean([vectors[i] for i in calm], axis=0)
+    distance = {i: float(np.sum((vectors[i] - centre) ** 2)) for i in vectors}
+    worst = max(killed, key=distance.__getitem__)
+    return {
+        "distance_never_killed_max": max(distance[i] for i in calm),
+        "distance_killed_max": distance[worst],
+        "distance_killed_max_peer": worst,
+    }
 
 
 @dataclass

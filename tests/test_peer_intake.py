@@ -75,6 +75,15 @@ def test_an_update_beyond_the_window_is_evidence_held_until_we_catch_up_to_its_r
     assert receive(it, "b", update("b", 40))
     assert it.ledger.rounds() == set()  # nothing filed while it is out of our window
     it.catch_up(7)
-    assert sorted(it.ledger.updates(7, 1)) == ["a"]  # the newest held update of each neighbour
-    assert it.ledger.updates(7, 0) == {}
+    # every step of each neighbour's newest round was held: a peer that catches up to it mixes at once
+    assert sorted(it.ledger.updates(7, 0)) == sorted(it.ledger.updates(7, 1)) == ["a"]
     assert it.ledger.rounds() == {7}  # round 40 is still beyond the window: dropped
+
+
+def test_only_the_newest_rounds_steps_are_held_and_no_more_than_a_round_has() -> None:
+    it = intake()
+    for rnd, step in ((7, 0), (7, 1), (9, 0), (8, 1), (9, 5), (9, -1)):  # step 5 and -1: not steps of a round
+        receive(it, "a", update("a", rnd, step=step, value=rnd))
+    it.catch_up(9)
+    assert it.ledger.rounds() == {9}
+    assert sorted(it.ledger.updates(9, 0)) == ["a"] and it.ledger.updates(9, 1) == {}

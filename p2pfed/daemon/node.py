@@ -3,8 +3,9 @@
 `Node.load` does the blocking part (check the manifest against the local model, load model and data,
 restore the checkpoint); `Node.run` serves until the last round or until cancelled. Every round ends with
 an atomic checkpoint, a metrics row and a status update, so a killed node loses at most the round it was
-in. A resumed node re-runs that round from the same state with the same seeds, so it re-sends the same
-payloads (duplicates, not equivocations) and catches up with its neighbours' median round.
+in. A resumed node does not re-run a round it had begun to sign updates for (`mark_signed`): its second
+envelopes of a step would carry another mix than the first, which its neighbours would take for an
+equivocation. It goes on from the next round, and catches up with its neighbours' median round.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import trio
 
 from p2pfed.attacks.base import Behaviour
-from p2pfed.config import ANNOUNCE_INTERVAL_S, MAX_NEIGHBOURS, GossipConfig, RunManifest
+from p2pfed.config import ANNOUNCE_INTERVAL_S, LINGER_S, MAX_NEIGHBOURS, GossipConfig, RunManifest
 from p2pfed.daemon.files import (
     IDENTITY_FILE,
     claim_directory,
@@ -34,7 +35,7 @@ from p2pfed.daemon.status import STATUS_FILE, NodeStatus, append_metrics, metric
 from p2pfed.errors import CheckpointError, ConfigError, NetworkError
 from p2pfed.learn import LearnConfig, TaskModel, split_validation
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
-from p2pfed.peer.checkpoint import Checkpoint, load_checkpoint
+from p2pfed.peer.checkpoint import Checkpoint, load_checkpoint, resume_round
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.peer.topology import LiveNeighbours
@@ -75,6 +76,7 @@ class NodeConfig:
     max_neighbours: int = MAX_NEIGHBOURS
     min_neighbours: int = 1  # round 0 waits for this many neighbours
     neighbour_wait_s: float = 600.0  # give up (error) if they do not show up by then
+    linger_s: float = LINGER_S  # after the last round: serve neighbours still behind it, this long at most
     val_fraction: float = 0.15  # of the training rows, held out for the defence's validation scores
     eval_size: int = 200  # held-out evaluation rows when there is no --eval file (at most 1/5 of the data)
     evaluate_every: int = 1
@@ -179,6 +181,10 @@ class Node:
         )
         self._index = peer_index(identity.peer_id) if cfg.index is None else cfg.index
         self._resumed = resume is not None
+        start_round = resume_round(self.out, resume)  # killed mid-round: never sign a round twice
+        if start_round > (0 if resume is None else resume.round):
+            self.progress(f"round {start_round} was under way when this node stopped, its updates signed: "
+                          f"going on from round {start_round + 1}")
         seed = self.manifest.seed
         train_idx, val_idx = split_validation(
             np.arange(model.pool_size), cfg.val_fraction, validation_rng(seed, self._index)
@@ -201,7 +207,7 @@ class Node:
             on_catch_up=self._on_catch_up,
             evaluate_every=cfg.evaluate_every,
             checkpoint_dir=self.out,  # written after every round, before `_on_round`
-            start_round=0 if resume is None else resume.round,
+            start_round=start_round,
             behaviour=node_attack(cfg.attack, cfg.attack_params),
             alone_wait_s=cfg.neighbour_wait_s,  # neighbours not started yet hold our round 2
         )
@@ -223,6 +229,10 @@ class Node:
         takes their adapters at its first mix instead of training from scratch (`Peer.catch_up`)."""
         rounds = list(self.transport.neighbour_rounds().values())
         return not self._resumed and bool(rounds) and int(np.median(rounds)) > 0
+
+    def _announced_finished(self, peer: str) -> bool:
+        """Whether `peer`, a neighbour, announces (unsigned presence hint) that it ran every round."""
+        return self.transport.neighbour_rounds().get(peer, -1) >= self.gossip.rounds
 
     def _on_catch_up(self, ours: int, network: int) -> None:
         if ours == 0 and not self._resumed:
@@ -291,6 +301,10 @@ class Node:
                 await self.peer.run(rounds=self.gossip.rounds, join_late=self._network_is_ahead())
                 await self._save_adapter(self.peer.vector)
                 finished = True
+                self.status.state, self.status.message = "finished", "serving neighbours still behind"
+                self._refresh_status()
+                await self.peer.serve_late_neighbours(self.cfg.linger_s, finished=self._announced_finished)
+                self.status.message = ""
                 nursery.cancel_scope.cancel()
         finally:
             self.status.state = "finished" if finished else "stopped"

@@ -84,3 +84,31 @@ def _unusable(state: Checkpoint) -> str | None:
     except (AttributeError, TypeError, ValueError, OverflowError) as exc:
         return f"reputation does not restore: {exc}"
     return None
+
+
+SIGNED_FILE = "signed.json"  # the newest round this node has signed an update for
+
+
+def mark_signed(directory: Path, rnd: int) -> None:
+    """Record, before the first update of round `rnd` is signed, that this node signs that round. A node
+    killed mid-round and restarted must not sign the round again: its second envelopes of a step would
+    differ from the first ones (another mix), and its neighbours would see an equivocation."""
+    write_atomic(Path(directory) / SIGNED_FILE, json.dumps({"round": rnd}).encode())
+
+
+def last_signed(directory: Path) -> int | None:
+    """The round of the last `mark_signed`, or None (none yet, or the file is unreadable: a crash between
+    its write and rename cannot leave one, so an unreadable file was not written by us and is ignored)."""
+    try:
+        value = json.loads((Path(directory) / SIGNED_FILE).read_text())["round"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def resume_round(directory: Path, state: Checkpoint | None) -> int:
+    """The round a node restarted from `directory` runs first: the checkpoint's next round, or the one
+    after it if the node had begun to sign updates for it (`mark_signed`) before it stopped."""
+    start = 0 if state is None else state.round
+    signed = last_signed(directory)
+    return signed + 1 if signed is not None and signed >= start else start

@@ -3,8 +3,8 @@
 The Peer verifies each delivery (`p2pfed.wire.open_envelope`) and feeds the verdict to `Intake.receive`
 with the (round, step) it is in. The intake counts and logs every rejection, admits updates through the
 replay/equivocation `Inbox`, files them in the `StepLedger`, and keeps the evidence of where the network
-is: the newest round each neighbour signed an update for (`network_round`), and each neighbour's newest
-update beyond our round window, filed once we catch up to it (`catch_up`).
+is: the newest round each neighbour signed an update for (`network_round`), and each neighbour's updates
+for its newest round beyond our round window (one per step), filed once we catch up to it (`catch_up`).
 
 An honest neighbour sends one valid update per step: whatever it sent instead (junk, a replay, a late
 update) answers one of its steps, so that we do not wait out the deadline for it; only junk that is not
@@ -40,8 +40,10 @@ class Intake:
         self.ledger = StepLedger(gossip.gossip_steps)
         self.rejections: Counter[str] = Counter()
         self.latest_round: dict[str, int] = {}  # newest round each neighbour signed an update for
+        self.latest_step: dict[str, tuple[int, int]] = {}  # and its newest (round, step)
         self.accepted = 0  # signed updates from neighbours that verified, since the start
-        self._ahead: dict[str, Accepted] = {}  # each neighbour's newest update beyond our round window
+        # each neighbour's updates (by step) for its newest round beyond our round window
+        self._ahead: dict[str, dict[int, Accepted]] = {}
 
     def receive(
         self,
@@ -68,14 +70,22 @@ class Intake:
             self._reject(remote, "not_a_neighbour", "")
             return False
         self.accepted += 1
-        self.latest_round[sender] = max(rnd, self.latest_round.get(sender, -1))
+        self.signed(sender, rnd, verdict.step)
         if rnd > at[0] + self.window:  # evidence that the network is ahead: a waiting step gives up
-            held = self._ahead.get(sender)
-            if held is None or (held.round, held.step) < (rnd, verdict.step):
-                self._ahead[sender] = verdict
+            held = self._ahead.setdefault(sender, {})
+            newest = max((u.round for u in held.values()), default=-1)
+            if rnd > newest:
+                held.clear()
+            if rnd >= newest and 0 <= verdict.step < self.ledger.steps:  # at most one round's steps each
+                held[verdict.step] = verdict
             return True
         self._file(verdict, at)
         return True
+
+    def signed(self, sender: str, rnd: int, step: int) -> None:
+        """`sender` signed an update for (rnd, step): evidence of how far it is."""
+        self.latest_round[sender] = max(rnd, self.latest_round.get(sender, -1))
+        self.latest_step[sender] = max((rnd, step), self.latest_step.get(sender, (-1, -1)))
 
     def _file(self, verdict: Accepted, at: tuple[int, int]) -> None:
         sender, rnd, step = verdict.sender, verdict.round, verdict.step
@@ -121,8 +131,9 @@ class Intake:
         self.inbox.advance(target)
         held, self._ahead = self._ahead, {}
         for sender in sorted(held):
-            if held[sender].round <= target + self.window:
-                self._file(held[sender], (target, 0))
+            for step in sorted(held[sender]):
+                if held[sender][step].round <= target + self.window:
+                    self._file(held[sender][step], (target, 0))
 
     def end_round(self, rnd: int) -> None:
         """Round `rnd` is over: forget the steps no late update can still answer."""

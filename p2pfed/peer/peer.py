@@ -28,7 +28,7 @@ from p2pfed.config import GossipConfig
 from p2pfed.net.membership import Evidence, EvidenceKind
 from p2pfed.net.transport import Transport
 from p2pfed.peer.byzantine import Attacker
-from p2pfed.peer.checkpoint import Checkpoint, save_checkpoint
+from p2pfed.peer.checkpoint import Checkpoint, mark_signed, save_checkpoint
 from p2pfed.peer.envelopes import off_loop
 from p2pfed.peer.intake import TENSOR, Intake
 from p2pfed.peer.ledger import StepLedger
@@ -40,7 +40,7 @@ from p2pfed.robust.base import Defence, DefenceInput
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.seeds import Seed
 from p2pfed.types import FloatVector, Verdict
-from p2pfed.wire import Identity, Limits, Schema, open_envelope, seal
+from p2pfed.wire import Accepted, Identity, Limits, Schema, open_envelope, seal
 
 if TYPE_CHECKING:
     # trio exports trio.TaskStatus, but mypy reads trio-typing's stale trio stubs (a libp2p
@@ -55,6 +55,7 @@ T = TypeVar("T")
 BlockingRunner = Callable[..., Awaitable[Any]]
 """How the peer runs blocking work: in a worker thread by default; inline in deterministic tests."""
 
+LINGER_CHECK_S = 1.0  # while serving late neighbours: how often to look at their announced rounds again
 FAR_FUTURE = 1_000_000  # rounds ahead whose signed updates still count as evidence of the network's round
 
 
@@ -121,6 +122,9 @@ class Peer:
         self._arrival = trio.Event()
         # (round, step, vector, envelope) of the last seal: one envelope serves every partner of a step
         self._last_seal: tuple[int, int, FloatVector, bytes] | None = None
+        self._sealed: dict[int, bytes] = {}  # step -> our envelope, for the round of the last seal
+        self._delivered: dict[int, set[str]] = {}  # step -> neighbours that envelope reached
+        self._marked = start_round - 1  # the newest round recorded as signed (`mark_signed`)
         self._bytes_sent = 0
         self._bytes_received = 0
         self._run_blocking = run_blocking or self._in_worker_thread
@@ -324,21 +328,27 @@ class Peer:
         trusted = [n for n in everyone if not self.reputation.is_quarantined(n)]
         if self.attacker is not None:
             return await self.attacker.gossip_step(self, rnd, step, everyone, trusted)
+        if everyone and self.checkpoint_dir is not None and rnd > self._marked:
+            await self.blocking(mark_signed, self.checkpoint_dir, rnd)  # before anything of round `rnd` is signed
+            self._marked = rnd
         envelope = await self.seal_update(rnd, step, self.vector) if everyone else b""
         # Sending and waiting overlap: a send to an unreachable neighbour (a partition) lasts up to the
         # step deadline, and so does the wait for its update, so the step takes one deadline, not two.
         async with trio.open_nursery() as nursery:
             for to in everyone:
-                nursery.start_soon(self.send_one, to, envelope)
+                nursery.start_soon(self.send_one, to, envelope, step)
             await self.wait_updates(rnd, step, trusted)
         return await self.defend_and_mix(rnd, step)
 
     async def wait_updates(self, rnd: int, step: int, expected: list[str]) -> None:
-        """Return once every expected neighbour has answered (rnd, step), or the step deadline passed."""
+        """Return once every expected neighbour has answered (rnd, step), or the step deadline passed.
+        A neighbour that has signed a later step than this one is past it: if its update for this step is
+        not here, it went out before we could hear it (we were down, or it was lost), and will not come."""
         with trio.move_on_after(self.gossip.step_timeout):
             while True:
                 arrival = self._arrival
-                if self.ledger.answered(rnd, step, expected):
+                waiting = [n for n in expected if self.intake.latest_step.get(n, (-1, -1)) <= (rnd, step)]
+                if self.ledger.answered(rnd, step, waiting):
                     return
                 if self.intake.most_are_past(rnd + self.gossip.round_window, self.neighbour_degrees):
                     return  # the network moved on; the round loop catches up
@@ -352,13 +362,20 @@ class Peer:
         tensors = {TENSOR: np.ascontiguousarray(vector, dtype=np.float32)}
         call = partial(seal, self.identity, run_digest=self.run_digest, round=rnd, step=step, tensors=tensors)
         envelope = await off_loop(tensors[TENSOR].nbytes, call)
+        if last is None or last[0] != rnd:
+            self._sealed, self._delivered = {}, {}
         self._last_seal = (rnd, step, vector, envelope)
+        self._sealed[step] = envelope
+        self._delivered[step] = set()
         return envelope
 
-    async def send_one(self, to: str, data: bytes) -> None:
+    async def send_one(self, to: str, data: bytes, step: int | None = None) -> None:
+        """Send within the step deadline; `step`: our envelope of that step (remembered as delivered)."""
         with trio.move_on_after(self.gossip.step_timeout):
             if await self.transport.send(to, data):
                 self._bytes_sent += len(data)
+                if step is not None and step in self._delivered:
+                    self._delivered[step].add(to)
                 return
         log.info("peer %d: could not deliver to %s", self.index, to[:16])
 
@@ -382,6 +399,66 @@ class Peer:
             if self.intake.receive(
                 delivery.remote, verdict, at=at, neighbours=self.neighbour_degrees, is_neighbour=self._is_neighbour
             ):
+                self._notify_arrival()
+            await trio.lowlevel.checkpoint()
+
+    async def serve_late_neighbours(self, seconds: float, *, finished: Callable[[str], bool] | None = None) -> None:
+        """After the last round, for up to `seconds`: make sure every neighbour still at work gets our
+        last round's envelopes. One whose signed update shows it behind that round (restarted near the
+        end, a new process) gets all of them, once per round it signs; one in that round gets those that
+        did not reach it while we ran it. It catches up on them (`catch_up` files every held step) and
+        finishes with us, instead of waiting for company that has left. Returns as soon as no peer we
+        heard from is behind: each has signed an update for the last step of our last round, is
+        quarantined, or is `finished` (the daemon asks the neighbours' presence: an unsigned hint, which
+        can only make us leave early)."""
+        last = self.round - 1
+        if self.byzantine or self._last_seal is None or self._last_seal[0] != last:
+            return
+        done = finished or (lambda _: False)
+        final = (last, self.gossip.gossip_steps - 1)
+
+        def behind() -> list[str]:  # not yet at the last step of our last round
+            return sorted(
+                s for s, at in self.intake.latest_step.items()
+                if at < final and not self.reputation.is_quarantined(s) and not done(s)
+            )
+
+        if not behind():
+            return
+        log.info("peer %d: finished; serving %d neighbour(s) still behind for up to %.0f s: %s",
+                 self.index, len(behind()), seconds, ", ".join(p[:16] for p in behind()))
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:  # its replies finish before we return
+                receiving = trio.CancelScope()
+                nursery.start_soon(self._answer_late, last, nursery, receiving)
+                while behind():
+                    arrival = self._arrival
+                    with trio.move_on_after(LINGER_CHECK_S):  # hints change without any delivery
+                        await arrival.wait()
+                receiving.cancel()  # nobody is behind: whoever was has our last round, or is getting it
+
+    async def _answer_late(self, last: int, nursery: trio.Nursery, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._answer_late_loop(last, nursery)
+
+    async def _answer_late_loop(self, last: int, nursery: trio.Nursery) -> None:
+        answered: set[tuple[str, int]] = set()
+        async for delivery in self.transport.incoming:
+            verdict = await off_loop(
+                delivery.nbytes,
+                partial(
+                    open_envelope, delivery.chunks, remote=delivery.remote, run_digest=self.run_digest,
+                    schema=self.schema, limits=self.limits, round_window=(0, last), now=time.time(),
+                ),
+            )
+            if isinstance(verdict, Accepted) and self._is_neighbour(verdict.sender):
+                sender, rnd = verdict.sender, verdict.round
+                self.intake.signed(sender, rnd, verdict.step)
+                if (sender, rnd) not in answered and not self.reputation.is_quarantined(sender):
+                    answered.add((sender, rnd))
+                    for step in sorted(self._sealed):  # a new process behind us has none of them
+                        if rnd < last or sender not in self._delivered[step]:
+                            nursery.start_soon(self.send_one, sender, self._sealed[step], step)
                 self._notify_arrival()
             await trio.lowlevel.checkpoint()
 
