@@ -20,7 +20,7 @@ from p2pfed.sims.simulate import SimConfig
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.network,
-    pytest.mark.skip(reason="passed 2 of 3 runs after session 21's fixes (docs/network-faults.md); the failing run: worst "
+    pytest.mark.skip(reason="passed 1 of 2 runs after session 21's fixes (docs/network-faults.md); the failing run: worst "
                      "peer's consensus distance 0.687 against 3 x 0.079 without churn, one restarted peer finishing its "
                      "last round with 8 of 16 updates missing"),
 ]
