@@ -87,3 +87,24 @@ def test_only_the_newest_rounds_steps_are_held_and_no_more_than_a_round_has() ->
     it.catch_up(9)
     assert it.ledger.rounds() == {9}
     assert sorted(it.ledger.updates(9, 0)) == ["a"] and it.ledger.updates(9, 1) == {}
+
+
+def test_an_update_that_races_its_senders_hello_is_counted_and_filed_once_it_is_a_neighbour() -> None:
+    it = intake()
+    members = set(NEIGHBOURS)
+    assert not it.receive("d", update("d", 0, step=0), at=(0, 0), neighbours=members, is_neighbour=members.__contains__)
+    assert it.rejections == {"not_a_neighbour": 1} and it.ledger.updates(0, 0) == {}
+    assert not it.welcome(members.__contains__, at=(0, 0), neighbours=members)  # still a stranger: nothing
+    members.add("d")  # its hello arrives
+    assert it.welcome(members.__contains__, at=(0, 0), neighbours=members)
+    assert sorted(it.ledger.updates(0, 0)) == ["d"]
+    assert not it.welcome(members.__contains__, at=(0, 0), neighbours=members)  # filed once
+
+
+def test_strangers_updates_are_held_for_a_few_senders_only() -> None:
+    it = intake()
+    for i in range(10):
+        it.receive(f"s{i}", update(f"s{i}", 0), at=(0, 0), neighbours=NEIGHBOURS, is_neighbour=NEIGHBOURS.__contains__)
+    everyone = {f"s{i}" for i in range(10)}
+    assert it.welcome(everyone.__contains__, at=(0, 0), neighbours=everyone)
+    assert sorted(it.ledger.updates(0, 0)) == [f"s{i}" for i in range(6, 10)]  # the four heard from last

@@ -25,7 +25,8 @@ from p2pfed.wire import Accepted, Admission, Inbox, Rejected, RejectReason
 log = logging.getLogger(__name__)
 
 TENSOR = "adapter"  # the single tensor name of the flat vector in an envelope's payload
-LATE = (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND)  # rejected, but no sign of malice
+LATE = (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND)
+STRANGERS_HELD = 4  # senders not (yet) neighbours whose newest updates we keep (each up to Q vectors)  # rejected, but no sign of malice
 UpdateHook = Callable[[int, int, str, FloatVector], None]  # (round, step, sender, vector)
 
 
@@ -44,6 +45,9 @@ class Intake:
         self.accepted = 0  # signed updates from neighbours that verified, since the start
         # each neighbour's updates (by step) for its newest round beyond our round window
         self._ahead: dict[str, dict[int, Accepted]] = {}
+        # verified updates from peers not (yet) our neighbours, by sender, for its newest round: one may
+        # race the hello that makes its sender our neighbour (`welcome` files it then)
+        self._strangers: dict[str, dict[int, Accepted]] = {}
 
     def receive(
         self,
@@ -66,8 +70,9 @@ class Intake:
                 self.ledger.invalid(*at, remote)
             return True
         sender, rnd = verdict.sender, verdict.round
-        if not is_neighbour(sender):
-            self._reject(remote, "not_a_neighbour", "")
+        if not is_neighbour(sender):  # counted now; filed after all if its hello was on the way (`welcome`)
+            self._reject(remote, "not_a_neighbour", f"round {rnd} step {verdict.step}")
+            self._hold_stranger(verdict)
             return False
         self.accepted += 1
         self.signed(sender, rnd, verdict.step)
@@ -81,6 +86,29 @@ class Intake:
             return True
         self._file(verdict, at)
         return True
+
+    def _hold_stranger(self, verdict: Accepted) -> None:
+        """Keep a verified update from a non-neighbour a while: its newest round only, and at most
+        `STRANGERS_HELD` senders (the one heard from longest ago is forgotten first)."""
+        held = self._strangers.pop(verdict.sender, {})  # re-inserted last
+        newest = max((u.round for u in held.values()), default=-1)
+        if verdict.round > newest:
+            held = {}
+        if verdict.round >= newest and 0 <= verdict.step < self.ledger.steps:
+            held.setdefault(verdict.step, verdict)
+        self._strangers[verdict.sender] = held
+        while len(self._strangers) > STRANGERS_HELD:
+            del self._strangers[next(iter(self._strangers))]
+
+    def welcome(
+        self, is_neighbour: Callable[[str], bool], *, at: tuple[int, int], neighbours: Container[str]
+    ) -> bool:
+        """File the held updates of senders that have become neighbours since; True if any was filed."""
+        joined = [s for s in self._strangers if is_neighbour(s)]
+        for sender in joined:
+            for step in sorted(held := self._strangers.pop(sender)):
+                self.receive(sender, held[step], at=at, neighbours=neighbours, is_neighbour=is_neighbour)
+        return bool(joined)
 
     def signed(self, sender: str, rnd: int, step: int) -> None:
         """`sender` signed an update for (rnd, step): evidence of how far it is."""
@@ -136,6 +164,9 @@ class Intake:
                     self._file(held[sender][step], (target, 0))
 
     def end_round(self, rnd: int) -> None:
-        """Round `rnd` is over: forget the steps no late update can still answer."""
+        """Round `rnd` is over: forget the steps no late update can still answer, and the strangers'
+        updates too old to be filed."""
+        for sender in [s for s, held in self._strangers.items() if all(u.round < rnd + 1 - self.window for u in held.values())]:
+            del self._strangers[sender]
         self.ledger.forget_before(rnd + 1 - self.window)
         self.inbox.advance(rnd + 1)

@@ -55,6 +55,7 @@ T = TypeVar("T")
 BlockingRunner = Callable[..., Awaitable[Any]]
 """How the peer runs blocking work: in a worker thread by default; inline in deterministic tests."""
 
+WELCOME_CHECK_S = 1.0  # a waiting step looks again this often for held updates of new neighbours
 LINGER_CHECK_S = 1.0  # while serving late neighbours: how often to look at their announced rounds again
 FAR_FUTURE = 1_000_000  # rounds ahead whose signed updates still count as evidence of the network's round
 
@@ -175,6 +176,8 @@ class Peer:
 
     def _refresh_neighbours(self) -> None:
         self.neighbour_degrees = dict(self._neighbours.items())
+        if self.intake.welcome(self._is_neighbour, at=(self.round, self.step), neighbours=self.neighbour_degrees):
+            self._notify_arrival()
 
     def _is_neighbour(self, peer: str) -> bool:
         """A neighbour this step, or (in a live network) one that connected since."""
@@ -342,17 +345,20 @@ class Peer:
 
     async def wait_updates(self, rnd: int, step: int, expected: list[str]) -> None:
         """Return once every expected neighbour has answered (rnd, step), or the step deadline passed.
-        A neighbour that has signed a later step than this one is past it: if its update for this step is
-        not here, it went out before we could hear it (we were down, or it was lost), and will not come."""
+        A neighbour that has signed an update for a later round is past this one: if its update for this
+        step is not here, it went out before we could hear it (we were down, or it was lost), and will not
+        come. (A later step of this round is no such evidence: two steps' sends may arrive out of order.)"""
         with trio.move_on_after(self.gossip.step_timeout):
             while True:
                 arrival = self._arrival
-                waiting = [n for n in expected if self.intake.latest_step.get(n, (-1, -1)) <= (rnd, step)]
+                waiting = [n for n in expected if self.intake.latest_round.get(n, -1) <= rnd]
                 if self.ledger.answered(rnd, step, waiting):
                     return
                 if self.intake.most_are_past(rnd + self.gossip.round_window, self.neighbour_degrees):
                     return  # the network moved on; the round loop catches up
-                await arrival.wait()
+                with trio.move_on_after(WELCOME_CHECK_S):  # a hello may complete without any delivery
+                    await arrival.wait()
+                self.intake.welcome(self._is_neighbour, at=(rnd, step), neighbours=self.neighbour_degrees)
 
     async def seal_update(self, rnd: int, step: int, vector: FloatVector) -> bytes:
         """Our signed envelope of `vector` for (rnd, step); the same one for every partner of a step."""
@@ -456,11 +462,15 @@ class Peer:
                 self.intake.signed(sender, rnd, verdict.step)
                 if (sender, rnd) not in answered and not self.reputation.is_quarantined(sender):
                     answered.add((sender, rnd))
-                    for step in sorted(self._sealed):  # a new process behind us has none of them
-                        if rnd < last or sender not in self._delivered[step]:
-                            nursery.start_soon(self.send_one, sender, self._sealed[step], step)
+                    # a new process behind us has none of them; one in our last round may lack some
+                    steps = [s for s in sorted(self._sealed) if rnd < last or sender not in self._delivered[s]]
+                    nursery.start_soon(self._send_steps, sender, steps)
                 self._notify_arrival()
             await trio.lowlevel.checkpoint()
+
+    async def _send_steps(self, to: str, steps: list[int]) -> None:
+        for step in steps:  # in order: a step's update never overtakes the one before it
+            await self.send_one(to, self._sealed[step], step)
 
     def _notify_arrival(self) -> None:
         self._arrival.set()
