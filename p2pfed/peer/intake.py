@@ -25,8 +25,8 @@ from p2pfed.wire import Accepted, Admission, Inbox, Rejected, RejectReason
 log = logging.getLogger(__name__)
 
 TENSOR = "adapter"  # the single tensor name of the flat vector in an envelope's payload
-LATE = (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND)
-STRANGERS_HELD = 4  # senders not (yet) neighbours whose newest updates we keep (each up to Q vectors)  # rejected, but no sign of malice
+LATE = (RejectReason.STALE_ROUND, RejectReason.FUTURE_ROUND)  # rejected, but no sign of malice
+STRANGERS_HELD = 4  # senders not (yet) neighbours whose newest updates we keep (each up to Q vectors)
 UpdateHook = Callable[[int, int, str, FloatVector], None]  # (round, step, sender, vector)
 
 

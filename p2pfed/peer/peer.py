@@ -444,29 +444,26 @@ class Peer:
                 receiving.cancel()  # nobody is behind: whoever was has our last round, or is getting it
 
     async def _answer_late(self, last: int, nursery: trio.Nursery, scope: trio.CancelScope) -> None:
-        with scope:
-            await self._answer_late_loop(last, nursery)
-
-    async def _answer_late_loop(self, last: int, nursery: trio.Nursery) -> None:
         answered: set[tuple[str, int]] = set()
-        async for delivery in self.transport.incoming:
-            verdict = await off_loop(
-                delivery.nbytes,
-                partial(
-                    open_envelope, delivery.chunks, remote=delivery.remote, run_digest=self.run_digest,
-                    schema=self.schema, limits=self.limits, round_window=(0, last), now=time.time(),
-                ),
-            )
-            if isinstance(verdict, Accepted) and self._is_neighbour(verdict.sender):
-                sender, rnd = verdict.sender, verdict.round
-                self.intake.signed(sender, rnd, verdict.step)
-                if (sender, rnd) not in answered and not self.reputation.is_quarantined(sender):
-                    answered.add((sender, rnd))
-                    # a new process behind us has none of them; one in our last round may lack some
-                    steps = [s for s in sorted(self._sealed) if rnd < last or sender not in self._delivered[s]]
-                    nursery.start_soon(self._send_steps, sender, steps)
-                self._notify_arrival()
-            await trio.lowlevel.checkpoint()
+        with scope:
+            async for delivery in self.transport.incoming:
+                verdict = await off_loop(
+                    delivery.nbytes,
+                    partial(
+                        open_envelope, delivery.chunks, remote=delivery.remote, run_digest=self.run_digest,
+                        schema=self.schema, limits=self.limits, round_window=(0, last), now=time.time(),
+                    ),
+                )
+                if isinstance(verdict, Accepted) and self._is_neighbour(verdict.sender):
+                    sender, rnd = verdict.sender, verdict.round
+                    self.intake.signed(sender, rnd, verdict.step)
+                    if (sender, rnd) not in answered and not self.reputation.is_quarantined(sender):
+                        answered.add((sender, rnd))
+                        # a new process behind us has none of them; one in our last round may lack some
+                        steps = [s for s in sorted(self._sealed) if rnd < last or sender not in self._delivered[s]]
+                        nursery.start_soon(self._send_steps, sender, steps)
+                    self._notify_arrival()
+                await trio.lowlevel.checkpoint()
 
     async def _send_steps(self, to: str, steps: list[int]) -> None:
         for step in steps:  # in order: a step's update never overtakes the one before it
