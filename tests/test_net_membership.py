@@ -194,8 +194,15 @@ def test_a_full_peer_that_does_not_list_us_is_not_a_neighbour() -> None:
     assert greets(m, "a", full=True, lists_us=True) == []
     assert greets(m, "b", full=False, lists_us=False) == []
     assert sorted(m.neighbours()) == ["a", "b"]
-    # a neighbour that later announces it is full without us is dropped; the connection may stay
-    assert [d.action for d in m.presence("b", Status(4, full=True, lists_us=False))] == [Action.UNLINK]
+    # a neighbour that later announces it is full without us is greeted again (the announcement may be
+    # stale); its answer, full and without us, drops it, and the connection may stay
+    assert [d.action for d in m.presence("b", Status(4, full=True, lists_us=False))] == [Action.GREET]
+    assert [d.action for d in m.hello("b", Status(4, full=True, lists_us=False), answer=True)] == [Action.UNLINK]
+    assert m.neighbours() == ["a"]
+    # a second such announcement in one round drops it without waiting for an answer
+    greets(m, "c", full=False, lists_us=True)
+    assert [d.action for d in m.presence("c", Status(4, full=True, lists_us=False))] == [Action.GREET]
+    assert [d.action for d in m.presence("c", Status(4, full=True, lists_us=False))] == [Action.UNLINK]
     assert m.neighbours() == ["a"]
     # connected but not a neighbour: it is not dialled again
     assert dials(m.discovered([("hub", ("/ip4/10.0.0.2/tcp/1",))], advertiser="a")) == []
@@ -217,3 +224,25 @@ def test_a_peer_we_dialled_counts_only_once_it_has_answered_our_hello() -> None:
     m.hello(other, Status(1, False, False), answer=False)
     m.hello_failed(other)
     assert sorted(m.neighbours()) == sorted([chosen, other])
+
+
+def test_a_neighbour_that_does_not_count_us_is_greeted_again_and_the_link_ends_up_both_ways() -> None:
+    """A stale announcement (or a restart that lost a hello) can leave a one-sided link: we count `them`,
+    it does not count us, so our updates are turned away and we wait out every step for its own. Its
+    announcement without us makes us greet it again, and the hello settles the link on both sides."""
+    me, them = make(target=4), Membership("them", 4, np.random.default_rng(1))
+    greets(me, "them", full=False, lists_us=False)  # its greeting had room; then its side lost us
+    me.tick(1)
+    them.connected(ME)
+    assert me.neighbours() == ["them"] and them.neighbours() == []
+    (greet,) = me.presence("them", Status(0, full=False, lists_us=False))
+    assert greet.action is Action.GREET and greet.peer == "them"
+    # our hello reaches it (we are not one it dialled), and its answer lists us
+    them.hello(ME, Status(1, full=False, lists_us=True), answer=False)
+    assert them.neighbours() == [ME]
+    assert me.hello("them", Status(1, full=False, lists_us=True), answer=True) == []
+    assert me.neighbours() == ["them"]
+    # once a round: a flood of stale announcements is not a flood of hellos
+    assert me.presence("them", Status(0, full=False, lists_us=False)) == []
+    me.tick(2)
+    assert [d.action for d in me.presence("them", Status(0, full=False, lists_us=False))] == [Action.GREET]

@@ -45,7 +45,10 @@ class Recording(Mean):
         return super().__call__(inp)
 
 
-def network(liar: bool, defence: Mean | None = None) -> tuple[list[Peer], list[RoundReport]]:
+def network(
+    liar: bool, defence: Mean | None = None, *, start: int = 0, join_late: bool = True
+) -> tuple[list[Peer], list[RoundReport]]:
+    """Peers 1-3 at NETWORK_ROUND with the network's model; peer 0 at round `start`, from its own."""
     identities = [Identity.for_peer(3, i) for i in range(N)]
     ids = [identity.peer_id for identity in identities]
     memory = MemoryNetwork(seed=3)
@@ -68,7 +71,7 @@ def network(liar: bool, defence: Mean | None = None) -> tuple[list[Peer], list[R
             compute=trio.CapacityLimiter(1),
             behaviour=FarFuture() if liar and i == 3 else None,
             on_round=reports.append,
-            start_round=0 if i == 0 else NETWORK_ROUND,
+            start_round=start if i == 0 else NETWORK_ROUND,
             run_blocking=inline,
         )
         for i in range(N)
@@ -80,7 +83,7 @@ def network(liar: bool, defence: Mean | None = None) -> tuple[list[Peer], list[R
         async with trio.open_nursery() as nursery:
             for peer in peers[1:]:
                 nursery.start_soon(lambda p=peer: p.run(rounds=ROUNDS))
-            nursery.start_soon(lambda: peers[0].run(rounds=ROUNDS, join_late=True))
+            nursery.start_soon(lambda: peers[0].run(rounds=ROUNDS, join_late=join_late))
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     return peers, reports
@@ -101,3 +104,16 @@ def test_one_neighbour_signing_a_far_future_round_does_not_move_the_late_joiner(
     _, reports = network(liar=True)
     late = sorted(r.round for r in reports if r.index == 0)
     assert late == list(range(NETWORK_ROUND, ROUNDS))  # the median of 5, 5 and 45 is 5
+
+
+def test_a_peer_whose_rounds_went_unmixed_adopts_its_neighbours_model_when_it_catches_up() -> None:
+    # Peer 0 comes back at round 2 (a restart) while the network is at round 5. Its round 2 mixes nothing
+    # (the neighbours' updates are for round 5), so at round 3 it is 2 rounds behind, within the round
+    # window, but its model last took the neighbours' in round 1: 3 rounds stale. Averaging it in would
+    # leave it one round's drift from the others at the end.
+    defence = Recording()
+    peers, reports = network(liar=False, defence=defence, start=2, join_late=False)
+    assert sorted(r.round for r in reports if r.index == 0) == [2, *range(NETWORK_ROUND, ROUNDS)]
+    (first_round, own_weight), *rest = [(rnd, w) for rnd, w in defence.mixes if rnd >= NETWORK_ROUND]
+    assert (first_round, own_weight) == (NETWORK_ROUND, 0.0)
+    assert all(w > 0 for _, w in rest)

@@ -208,6 +208,7 @@ class Node:
             evaluate_every=cfg.evaluate_every,
             checkpoint_dir=self.out,  # written after every round, before `_on_round`
             start_round=start_round,
+            mixed_through=None if resume is None else resume.round,  # a skipped signed round mixed nothing
             behaviour=node_attack(cfg.attack, cfg.attack_params),
             alone_wait_s=cfg.neighbour_wait_s,  # neighbours not started yet hold our round 2
         )

@@ -19,7 +19,8 @@ The rules, toward `target_degree` neighbours:
   `max_rewires_per_round` per round; an evicted or reported identity is refused for `cooldown_rounds`.
   Being dissimilar or non-IID is not evidence: nothing here sees the updates.
 - **One-sided links**: a peer that is full and does not list us is not our neighbour (it would never
-  send us an update, and every gossip step would wait out its deadline for one).
+  send us an update, and every gossip step would wait out its deadline for one). A neighbour whose
+  announcement does not list us is greeted again: the answer to a fresh hello settles the link both ways.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class Membership:
         self._connected: set[str] = set()
         self._cooldown: dict[str, int] = {}  # identity -> first round it is no longer refused
         self._condemned: dict[str, Evidence] = {}  # neighbours to evict when the budget allows
+        self._regreeted: set[str] = set()  # neighbours greeted again this round (`presence`)
         self._round = -1
         self._rewires_left = rules.max_rewires_per_round
 
@@ -221,6 +223,7 @@ class Membership:
         self._pending.discard(peer)
         self._greeted.pop(peer, None)
         self._condemned.pop(peer, None)
+        self._regreeted.discard(peer)
         if self._neighbours.pop(peer, None) is not None:
             log.debug("%s: neighbour %s left", self.local_id[-6:], peer[-6:])
         return self._fill()
@@ -262,13 +265,24 @@ class Membership:
         return self.hello(peer, status) if status is not None else self.lost(peer)
 
     def presence(self, peer: str, status: Status) -> list[Decision]:
-        """A neighbour's announcement: refresh its degree, and drop a one-sided link."""
+        """A neighbour's announcement: refresh its degree, and settle a link it does not list.
+
+        An announcement travels the gossip mesh and may predate the hellos that made us neighbours (or
+        follow a restart that lost them): on its own it proves nothing about now. So a neighbour that does
+        not list us is greeted again, once a round, and its answer settles the link both ways: it counts us
+        (it had room), or it answers full and we unlink it. Only a second such announcement in the same
+        round, from a full peer, unlinks it directly (its answers are not getting through)."""
         neighbour = self._neighbours.get(peer)
         if neighbour is None:
             return []
-        if status.full and not status.lists_us:
-            return [*self._unlink(peer), *self._fill()]
         neighbour.degree = status.degree
+        if status.lists_us:
+            return []
+        if peer not in self._regreeted:
+            self._regreeted.add(peer)
+            return [Decision(Action.GREET, peer, "its announcement does not list us")]
+        if status.full:
+            return [*self._unlink(peer), *self._fill()]
         return []
 
     def _unlink(self, peer: str) -> list[Decision]:
@@ -298,6 +312,7 @@ class Membership:
             return []
         self._round = round
         self._rewires_left = self.rules.max_rewires_per_round
+        self._regreeted.clear()
         for peer in [p for p, until in self._cooldown.items() if until <= round]:
             del self._cooldown[peer]
         return [*self._evict_condemned(), *self._fill()]

@@ -39,7 +39,7 @@ from p2pfed.peer.topology import metropolis_row, renormalize
 from p2pfed.robust.base import Defence, DefenceInput
 from p2pfed.robust.reputation import ReputationTable
 from p2pfed.seeds import Seed
-from p2pfed.types import FloatVector, Verdict
+from p2pfed.types import FloatVector, Outcome, Verdict
 from p2pfed.wire import Accepted, Identity, Limits, Schema, open_envelope, seal
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class Peer:
         evaluate_every: int = 1,
         checkpoint_dir: Path | None = None,
         start_round: int = 0,
+        mixed_through: int | None = None,  # a resumed peer: its checkpoint's round (default start_round)
         run_blocking: BlockingRunner | None = None,
         alone_wait_s: float = 0.0,
     ) -> None:
@@ -131,6 +132,8 @@ class Peer:
         self._run_blocking = run_blocking or self._in_worker_thread
         self._rounds_run = 0
         self._adopt = False  # next mix ignores our own vector (we joined late, or fell far behind)
+        # our vector holds the neighbours' models up to this round: the last round that mixed any of theirs
+        self._mixed_through = start_round if mixed_through is None else mixed_through
         self.anchor: FloatVector | None = None  # our vector at the start of this round
         self._trained: FloatVector | None = None  # our vector right after this round's local training
 
@@ -250,8 +253,10 @@ class Peer:
 
         The evidence is signed: most neighbours must have sent an update, and the lower median of their
         newest signed rounds counts, so a minority of lying neighbours cannot make us jump, not even one
-        that speaks before the others. If we never ran a round (a fresh peer) or are behind by more than the round
-        window, our model is stale: the next mix adopts the neighbours' vectors instead of averaging ours in.
+        that speaks before the others. If we never ran a round (a fresh peer), or our model last took the
+        neighbours' more than the round window before the network's round (rounds we were down for, or ran
+        without hearing anyone), our model is stale: the next mix adopts the neighbours' vectors instead of
+        averaging ours in.
         """
         if not self.intake.most_are_past(self.round, self.neighbour_degrees):
             return  # fewer than most of them have spoken: one early liar must not be the median
@@ -259,7 +264,7 @@ class Peer:
         if target is None or target <= self.round:
             return
         log.info("peer %d: catching up from round %d to the network's round %d", self.index, self.round, target)
-        if target - self.round > self.gossip.round_window or (self.round == 0 and self._rounds_run == 0):
+        if target - self._mixed_through > self.gossip.round_window or (self.round == 0 and self._rounds_run == 0):
             self._adopt = True
         if self.on_catch_up is not None:
             self.on_catch_up(self.round, target)
@@ -278,6 +283,8 @@ class Peer:
         for step in range(self.gossip.gossip_steps):
             verdicts = await self.gossip_step(rnd, step)
             outcomes.update(v.outcome.value for v in verdicts)
+        if outcomes[Outcome.KEPT.value]:
+            self._mixed_through = rnd + 1
         self.reputation.end_round(rnd)
         if not self.byzantine and self.anchor is not None and self._trained is not None:
             self.vector = restore_update(self.anchor, self._trained, self.vector, self.gossip.restore_update)
