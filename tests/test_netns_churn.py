@@ -20,10 +20,6 @@ from p2pfed.sims.simulate import SimConfig
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.network,
-    pytest.mark.skip(reason="passed 1 of 3 runs after session 21's fixes (docs/network-faults.md); in both failures a "
-                     "restarted peer ended about one round's drift from the others (0.687 and 1.11 against 3 x 0.08): after "
-                     "its restart some peers it counts as neighbours no longer send to it, and it rejects others' updates "
-                     "as not_a_neighbour (asymmetric membership after a restart)"),
 ]
 
 PEERS, ROUNDS, K, Q = 10, 15, 3, 2

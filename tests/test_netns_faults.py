@@ -157,8 +157,6 @@ PRE, CUT, AFTER = 3, 2, 3  # rounds before the partition, rounds partitioned, ro
 BAND = 2.0
 
 
-@pytest.mark.skip(reason="flaky at its criterion (docs/network-faults.md): passed 7 of 8 runs in session 21; the failure "
-                  "healed to 0.471, 0.065, 0.035 within 3 rounds against 2 x 0.015 before the cut")
 @pytest.mark.parametrize("network", [PRE + CUT + AFTER + 2], indirect=True)
 def test_halves_keep_training_through_a_partition_and_reconverge_after_it_heals(network: Network) -> None:
     network.start()
