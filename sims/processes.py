@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,10 +246,11 @@ class _Supervisor:
     corrupt: list[str] = field(default_factory=list)
     _seen: dict[int, tuple[int, float]] = field(default_factory=dict)  # peer -> (round, when it was reached)
     _due: dict[int, float] = field(default_factory=dict)  # peer -> when to kill it
+    clock: Callable[[], float] = time.monotonic
 
     def run(self, *, deadline: float) -> None:
         while any(p.alive() for p in self.peers):
-            if time.monotonic() > deadline:
+            if self.clock() > deadline:
                 raise NetworkError("the run did not finish before its timeout; see the peers' stderr.txt")
             for peer in self.peers:
                 self._check_exit(peer)
@@ -264,7 +266,7 @@ class _Supervisor:
             raise NetworkError(f"the node in {peer.node} exited with {code}; see {peer.node / 'stderr.txt'}")
 
     def _churn(self, peer: _Peer) -> None:
-        now = time.monotonic()
+        now = self.clock()
         done = int(peer.status().get("round", 0))
         last_round, reached = self._seen.get(peer.index, (0, now))
         if done > last_round:
@@ -275,7 +277,9 @@ class _Supervisor:
         due = self._due.get(peer.index)
         if due is not None and now >= due:
             del self._due[peer.index]
-            self._restart(peer)
+            # rounds may have sped up while the kill waited: it must not land in a calm round
+            if done < self.rounds - CALM_ROUNDS:
+                self._restart(peer)
 
     def _restart(self, peer: _Peer) -> None:
         """SIGKILL and restart `peer` on the address it had, as a daemon under a process manager comes back
