@@ -42,7 +42,7 @@ from p2pfed.net.memory_membership import MemoryMembership
 from p2pfed.net.transport import Transport
 from p2pfed.peer.byzantine import Attacker
 from p2pfed.peer.local import LocalModel
-from p2pfed.peer.peer import TENSOR, Peer, RoundReport
+from p2pfed.peer.peer import TENSOR, Peer, ResumedRound, RoundReport
 from p2pfed.peer.scheduler import ComputeScheduler
 from p2pfed.peer.topology import DEFAULT_DEGREE, LiveNeighbours, build_topology
 from p2pfed.robust.base import Defence
@@ -289,9 +289,9 @@ class _GatedPeer(Peer):
         super().__init__(**kwargs)
         self.network = network
 
-    async def run_round(self, rnd: int) -> None:
+    async def run_round(self, rnd: int, *, resume: ResumedRound | None = None) -> None:
         await self.network.wait_round(rnd)
-        await super().run_round(rnd)
+        await super().run_round(rnd, resume=resume)
         self.network.round_finished(self.peer_id, rnd, self.membership_evidence())
 
 

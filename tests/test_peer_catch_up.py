@@ -46,9 +46,15 @@ class Recording(Mean):
 
 
 def network(
-    liar: bool, defence: Mean | None = None, *, start: int = 0, join_late: bool = True
+    liar: bool,
+    defence: Mean | None = None,
+    *,
+    start: int = 0,
+    join_late: bool = True,
+    mixed_through: int | None = None,
 ) -> tuple[list[Peer], list[RoundReport]]:
-    """Peers 1-3 at NETWORK_ROUND with the network's model; peer 0 at round `start`, from its own."""
+    """Peers 1-3 at NETWORK_ROUND with the network's model; peer 0 at round `start`, from its own
+    (`mixed_through`: it was restarted from a checkpoint of that round)."""
     identities = [Identity.for_peer(3, i) for i in range(N)]
     ids = [identity.peer_id for identity in identities]
     memory = MemoryNetwork(seed=3)
@@ -72,6 +78,7 @@ def network(
             behaviour=FarFuture() if liar and i == 3 else None,
             on_round=reports.append,
             start_round=start if i == 0 else NETWORK_ROUND,
+            mixed_through=mixed_through if i == 0 else None,
             run_blocking=inline,
         )
         for i in range(N)
@@ -117,3 +124,20 @@ def test_a_peer_whose_rounds_went_unmixed_adopts_its_neighbours_model_when_it_ca
     (first_round, own_weight), *rest = [(rnd, w) for rnd, w in defence.mixes if rnd >= NETWORK_ROUND]
     assert (first_round, own_weight) == (NETWORK_ROUND, 0.0)
     assert all(w > 0 for _, w in rest)
+
+
+def test_a_restarted_peer_that_missed_a_round_adopts_its_neighbours_model_at_its_first_mix() -> None:
+    # Restarted at the network's round from a checkpoint one round older (it had skipped a signed round,
+    # or was down a round): not behind, so no catch-up, but its model missed the neighbours' last mix.
+    defence = Recording()
+    network(liar=False, defence=defence, start=NETWORK_ROUND, join_late=False, mixed_through=NETWORK_ROUND - 1)
+    (first_round, own_weight), *rest = defence.mixes
+    assert (first_round, own_weight) == (NETWORK_ROUND, 0.0)
+    assert rest and all(w > 0 for _, w in rest)
+
+
+def test_a_restarted_peer_whose_checkpoint_is_current_and_a_peer_that_was_never_down_keep_their_own_model() -> None:
+    for mixed_through in (NETWORK_ROUND, None):  # restarted between rounds; never restarted
+        defence = Recording()
+        network(liar=False, defence=defence, start=NETWORK_ROUND, join_late=False, mixed_through=mixed_through)
+        assert defence.mixes and all(w > 0 for _, w in defence.mixes), mixed_through

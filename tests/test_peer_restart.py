@@ -1,7 +1,9 @@
-"""A node killed mid-round never signs that round twice: it records the round before its first update of
-it (`mark_signed`) and, restarted, goes on from the next one (`resume_round`). Re-running the round would
-send its neighbours a second envelope for steps they already have: a duplicate, or, once the mixes differ,
-an equivocation that costs an honest peer its reputation. Virtual time, a tiny fake model."""
+"""A node killed mid-round never signs that round twice. Each of its envelopes is on disk before it is
+sent (`save_sealed`); restarted, it resumes the round at the last step it sent, with the same bytes
+(`resume_point`), and its neighbours, seeing that repeat, send it their updates of the round again.
+Re-running the round instead could send its neighbours a second, different envelope for steps they
+already have (training or mixing that came out otherwise): an equivocation that costs an honest peer its
+reputation. Virtual time, a tiny fake model."""
 
 from __future__ import annotations
 
@@ -14,84 +16,129 @@ from fakes import FakeLocal
 
 from p2pfed.config import GossipConfig
 from p2pfed.net.memory import MemoryNetwork
-from p2pfed.peer.checkpoint import last_signed, load_checkpoint, mark_signed, resume_round
-from p2pfed.peer.peer import TENSOR, Peer
+from p2pfed.peer.checkpoint import (
+    ResumePoint,
+    last_signed,
+    load_checkpoint,
+    mark_signed,
+    resume_point,
+    save_sealed,
+)
+from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.robust.mean import Mean
 from p2pfed.wire import Identity, Schema
 
 DIM = 3
 ROUNDS = 4
-KILLED_IN = 1
+STEP_TIMEOUT = 20.0
 
 
 async def inline(fn, *args):  # type: ignore[no-untyped-def]
     return fn(*args)
 
 
-def run(node: Path, *, skip_signed_round: bool) -> dict[str, int]:
-    """Two peers; peer 0 (checkpointing into `node`) is killed once its first update of round 1 has
-    reached peer 1, and restarted at once. Returns peer 1's rejections."""
-    identities = [Identity.for_peer(7, i) for i in range(2)]
-    ids = [identity.peer_id for identity in identities]
-    memory = MemoryNetwork(seed=7)
-    gossip = GossipConfig(rounds=ROUNDS, gossip_steps=2, step_timeout=20.0)
+class Restart:
+    """Two peers; peer 0 (checkpointing into `node`) is killed once its first update of round `killed_in`
+    has reached peer 1, and restarted `down_s` (virtual) seconds later. `mode`: "resume" (the daemon's
+    way) or "skip" (go on after the signed round, as before sealed envelopes). Peer 1 serves late neighbours after its last round, as `join` does."""
 
-    def peer(i: int, start_round: int = 0, vector: np.ndarray | None = None) -> Peer:
+    def __init__(self, node: Path, *, killed_in: int, mode: str, down_s: float = 0.0) -> None:
+        self.identities = [Identity.for_peer(7, i) for i in range(2)]
+        self.ids = [identity.peer_id for identity in self.identities]
+        self.memory = MemoryNetwork(seed=7)
+        self.gossip = GossipConfig(rounds=ROUNDS, gossip_steps=2, step_timeout=STEP_TIMEOUT)
+        self.node, self.killed_in, self.mode, self.down_s = node, killed_in, mode, down_s
+        self.reports: list[RoundReport] = []  # peer 0's, from both its lives
+        first, self.other = self.peer(0), self.peer(1)
+        trio.run(self.main, first, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    def peer(self, i: int, start_round: int = 0, vector: np.ndarray | None = None, **resumed: object) -> Peer:
         return Peer(
-            index=i, identity=identities[i], transport=memory.add(ids[i], [ids[1 - i]]),
+            index=i, identity=self.identities[i], transport=self.memory.add(self.ids[i], [self.ids[1 - i]]),
             local=FakeLocal(np.full(DIM, float(i), np.float32)),  # type: ignore[arg-type]
             run_digest=b"r" * 32, schema=Schema.from_tensors({TENSOR: np.zeros(DIM, np.float32)}),
-            neighbour_degrees={ids[1 - i]: 1}, gossip=gossip, defence=Mean(),
+            neighbour_degrees={self.ids[1 - i]: 1}, gossip=self.gossip, defence=Mean(),
             initial=np.ones(DIM, np.float32) if vector is None else vector, seed=7,
             compute=trio.CapacityLimiter(1), start_round=start_round, run_blocking=inline,
-            checkpoint_dir=node if i == 0 else None,
+            checkpoint_dir=self.node if i == 0 else None, on_round=self.reports.append if i == 0 else None,
+            **resumed,  # type: ignore[arg-type]
         )
 
-    first, other = peer(0), peer(1)
+    async def main(self, first: Peer) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.killed_then_restarted, first)
+            nursery.start_soon(self.other_peer)
 
-    async def killed_then_restarted() -> None:
+    async def other_peer(self) -> None:
+        await self.other.run(rounds=ROUNDS)
+        await self.other.serve_late_neighbours(120.0)
+
+    async def killed_then_restarted(self, first: Peer) -> None:
         with trio.CancelScope() as alive:
             send = first.send_one
 
             async def send_then_die(to: str, data: bytes, step: int | None = None) -> None:
                 await send(to, data, step)
-                if first.round == KILLED_IN:
-                    alive.cancel()  # SIGKILL: mid-round 1, once its first update of it is out
+                if first.round == self.killed_in:
+                    alive.cancel()  # SIGKILL: mid-round, once its first update of the round is out
 
             first.send_one = send_then_die  # type: ignore[method-assign]
             await first.run(rounds=ROUNDS)
-        memory.disconnect(ids[0])
-        state = load_checkpoint(node)
-        assert state is not None and state.round == KILLED_IN  # round 1 never finished
-        start = resume_round(node, state) if skip_signed_round else state.round
-        await peer(0, start_round=start, vector=state.vector).run(rounds=ROUNDS)
+        self.memory.disconnect(self.ids[0])
+        await trio.sleep(self.down_s)
+        state = load_checkpoint(self.node)
+        assert state is not None and state.round == self.killed_in  # the round never finished
+        point = resume_point(self.node, state)
+        if self.mode == "resume":
+            self.restarted = self.peer(0, point.round, state.vector, mixed_through=state.round, resumed=point)
+        else:
+            self.restarted = self.peer(0, point.round + 1, state.vector, mixed_through=state.round)
+        await self.restarted.run(rounds=ROUNDS)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(killed_then_restarted)
-            nursery.start_soon(lambda: other.run(rounds=ROUNDS))
+    @property
+    def rounds_run(self) -> list[int]:
+        return sorted(r.round for r in self.reports)
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    assert last_signed(node) == ROUNDS - 1
-    return dict(other.rejections)
+    @property
+    def gap(self) -> float:
+        """How far peer 0 ends from peer 1."""
+        return float(np.linalg.norm(self.restarted.vector - self.other.vector))
 
 
-def test_a_restarted_node_goes_on_after_the_round_it_had_signed_and_its_neighbour_rejects_nothing(
+def test_a_node_killed_mid_round_resumes_that_round_and_its_neighbour_sees_only_a_duplicate(tmp_path: Path) -> None:
+    run = Restart(tmp_path / "resume", killed_in=1, mode="resume")
+    assert run.rounds_run == [0, 1, 2, 3]  # round 1 was finished by the second life
+    assert dict(run.other.rejections) == {"duplicate": 1}  # the step-0 envelope, sent again: same bytes
+    assert run.gap < 1e-6  # both mixed every step of every round together
+    assert last_signed(tmp_path / "resume") == ROUNDS - 1
+
+
+
+def test_a_node_killed_in_the_last_round_finishes_it_with_its_neighbour_instead_of_ending_a_round_stale(
     tmp_path: Path,
 ) -> None:
-    assert run(tmp_path / "skips", skip_signed_round=True) == {}
-    # re-running the signed round sends peer 1 the same step again: it is rejected, and counted
-    assert sum(run(tmp_path / "reruns", skip_signed_round=False).values()) > 0
+    # Down for 50 s: peer 1 waited out its last step for us, finished, and serves late neighbours. Our
+    # repeated step-0 envelope tells it we lost its updates of the round: it sends them again.
+    resumed = Restart(tmp_path / "resume", killed_in=ROUNDS - 1, mode="resume", down_s=50.0)
+    assert resumed.rounds_run == [0, 1, 2, 3]
+    skipped = Restart(tmp_path / "skip", killed_in=ROUNDS - 1, mode="skip", down_s=50.0)
+    assert skipped.rounds_run == [0, 1, 2]  # the old way: nothing left to run, it ends on round 2's model
+    assert resumed.gap < 0.5 * skipped.gap, (resumed.gap, skipped.gap)
 
 
-def test_resume_round_reads_the_mark_and_ignores_a_file_it_did_not_write(tmp_path: Path) -> None:
-    assert resume_round(tmp_path, None) == 0  # a fresh node
-    mark_signed(tmp_path, 0)
-    assert resume_round(tmp_path, None) == 1  # killed in round 0, before its first checkpoint
-    state = load_checkpoint(tmp_path)
-    assert state is None
+def test_resume_point_reads_the_mark_and_the_sealed_envelopes(tmp_path: Path) -> None:
+    assert resume_point(tmp_path, None) == ResumePoint(0)  # a fresh node
+    mark_signed(tmp_path, 0, train_loss=0.5)
+    assert resume_point(tmp_path, None) == ResumePoint(0)  # marked, but nothing sealed: nothing went out
+    save_sealed(tmp_path, 0, 0, b"step 0")
+    save_sealed(tmp_path, 0, 1, b"step 1")
+    assert resume_point(tmp_path, None) == ResumePoint(0, {0: b"step 0", 1: b"step 1"}, 0.5)
+    (tmp_path / "sealed" / "0-0.env").unlink()  # step 1 without step 0: not ours to resume
+    assert resume_point(tmp_path, None) == ResumePoint(1)
+    mark_signed(tmp_path, 1)  # a new round forgets the old round's envelopes
+    assert list((tmp_path / "sealed").iterdir()) == []
     (tmp_path / "signed.json").write_text("{not json")
-    assert last_signed(tmp_path) is None and resume_round(tmp_path, None) == 0
+    assert last_signed(tmp_path) is None and resume_point(tmp_path, None) == ResumePoint(0)
 
 
 def test_a_peer_a_round_behind_does_not_wait_out_its_steps_for_updates_its_neighbour_sent_before_it_came() -> None:

@@ -3,9 +3,11 @@
 `Node.load` does the blocking part (check the manifest against the local model, load model and data,
 restore the checkpoint); `Node.run` serves until the last round or until cancelled. Every round ends with
 an atomic checkpoint, a metrics row and a status update, so a killed node loses at most the round it was
-in. A resumed node does not re-run a round it had begun to sign updates for (`mark_signed`): its second
-envelopes of a step would carry another mix than the first, which its neighbours would take for an
-equivocation. It goes on from the next round, and catches up with its neighbours' median round.
+in. A resumed node never signs a round twice (`mark_signed`): its second envelopes of a step would carry
+another mix than the first, which its neighbours would take for an equivocation. Each envelope is on disk
+before it is sent (`save_sealed`), so a node killed mid-round resumes that round at the last step it sent,
+with the same bytes; its neighbours send it their updates of the round again when they see that repeat.
+Then it catches up with its neighbours' median round if they are ahead.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from p2pfed.daemon.status import STATUS_FILE, NodeStatus, append_metrics, metric
 from p2pfed.errors import CheckpointError, ConfigError, NetworkError
 from p2pfed.learn import LearnConfig, TaskModel, split_validation
 from p2pfed.net.libp2p_transport import Libp2pConfig, Libp2pTransport
-from p2pfed.peer.checkpoint import Checkpoint, load_checkpoint, resume_round
+from p2pfed.peer.checkpoint import Checkpoint, load_checkpoint, resume_point
 from p2pfed.peer.local import LocalModel
 from p2pfed.peer.peer import TENSOR, Peer, RoundReport
 from p2pfed.peer.topology import LiveNeighbours
@@ -181,8 +183,12 @@ class Node:
         )
         self._index = peer_index(identity.peer_id) if cfg.index is None else cfg.index
         self._resumed = resume is not None
-        start_round = resume_round(self.out, resume)  # killed mid-round: never sign a round twice
-        if start_round > (0 if resume is None else resume.round):
+        point = resume_point(self.out, resume)  # killed mid-round: resume it, never sign it twice
+        start_round = point.round
+        if point.sealed:
+            self.progress(f"round {start_round + 1} was under way when this node stopped: resuming it at step "
+                          f"{max(point.sealed) + 1} with the updates it had sent")
+        elif start_round > (0 if resume is None else resume.round):
             self.progress(f"round {start_round} was under way when this node stopped, its updates signed: "
                           f"going on from round {start_round + 1}")
         seed = self.manifest.seed
@@ -209,6 +215,7 @@ class Node:
             checkpoint_dir=self.out,  # written after every round, before `_on_round`
             start_round=start_round,
             mixed_through=None if resume is None else resume.round,  # a skipped signed round mixed nothing
+            resumed=point,
             behaviour=node_attack(cfg.attack, cfg.attack_params),
             alone_wait_s=cfg.neighbour_wait_s,  # neighbours not started yet hold our round 2
         )

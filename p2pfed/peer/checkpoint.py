@@ -87,28 +87,75 @@ def _unusable(state: Checkpoint) -> str | None:
 
 
 SIGNED_FILE = "signed.json"  # the newest round this node has signed an update for
+SEALED_DIR = "sealed"  # that round's envelopes, each written before it is sent
 
 
-def mark_signed(directory: Path, rnd: int) -> None:
-    """Record, before the first update of round `rnd` is signed, that this node signs that round. A node
-    killed mid-round and restarted must not sign the round again: its second envelopes of a step would
-    differ from the first ones (another mix), and its neighbours would see an equivocation."""
-    write_atomic(Path(directory) / SIGNED_FILE, json.dumps({"round": rnd}).encode())
+def mark_signed(directory: Path, rnd: int, *, train_loss: float | None = None) -> None:
+    """Record, before the first update of round `rnd` is signed, that this node signs that round (and the
+    loss of the round's local training, for a resumed round's report). A node killed mid-round and
+    restarted must not sign the round again: its second envelopes of a step would differ from the first
+    ones (another training, another mix), and its neighbours would see an equivocation. It resumes the
+    round from the envelopes it sent instead (`save_sealed`, `resume_point`)."""
+    directory = Path(directory)
+    write_atomic(directory / SIGNED_FILE, json.dumps({"round": rnd, "train_loss": train_loss}).encode())
+    for old in (directory / SEALED_DIR).glob("*.env"):  # an earlier round's: never sent again
+        old.unlink(missing_ok=True)
+
+
+def save_sealed(directory: Path, rnd: int, step: int, envelope: bytes) -> None:
+    """Keep our signed envelope of (rnd, step), before it is sent: restarted, the node sends these same
+    bytes again (a duplicate, never an equivocation) and goes on with the round from there."""
+    write_atomic(Path(directory) / SEALED_DIR / f"{rnd}-{step}.env", envelope)
+
+
+def _signed(directory: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads((Path(directory) / SIGNED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("round"), int) or value["round"] < 0:
+        return None
+    return value
 
 
 def last_signed(directory: Path) -> int | None:
     """The round of the last `mark_signed`, or None (none yet, or the file is unreadable: a crash between
     its write and rename cannot leave one, so an unreadable file was not written by us and is ignored)."""
-    try:
-        value = json.loads((Path(directory) / SIGNED_FILE).read_text())["round"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return value if isinstance(value, int) and value >= 0 else None
+    signed = _signed(directory)
+    return None if signed is None else int(signed["round"])
 
 
-def resume_round(directory: Path, state: Checkpoint | None) -> int:
-    """The round a node restarted from `directory` runs first: the checkpoint's next round, or the one
-    after it if the node had begun to sign updates for it (`mark_signed`) before it stopped."""
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a node restarted from its directory goes on. `sealed`: its envelopes of `round`, by step, that
+    may have gone out before it stopped (empty: nothing of `round` was sent, so it runs the round afresh);
+    `train_loss`: that round's local training loss, when the round is resumed."""
+
+    round: int
+    sealed: dict[int, bytes] = field(default_factory=dict)
+    train_loss: float | None = None
+
+
+def resume_point(directory: Path, state: Checkpoint | None) -> ResumePoint:
+    """The checkpoint's next round, resumed from its sealed envelopes if the node had begun to sign it
+    (`mark_signed`). Envelopes are written in step order from step 0, so they are steps 0..k; if they are
+    not (a file lost), or the mark is past the checkpoint's round (the checkpoint is older than the mark),
+    the marked round cannot be resumed and the node goes on after it: it never signs a round twice."""
+    directory = Path(directory)
     start = 0 if state is None else state.round
-    signed = last_signed(directory)
-    return signed + 1 if signed is not None and signed >= start else start
+    signed = _signed(directory)
+    if signed is None or signed["round"] < start:
+        return ResumePoint(start)
+    if signed["round"] > start:
+        return ResumePoint(signed["round"] + 1)
+    sealed: dict[int, bytes] = {}
+    for path in (directory / SEALED_DIR).glob(f"{start}-*.env"):
+        step = path.stem.split("-", 1)[1]
+        if step.isdigit():
+            sealed[int(step)] = path.read_bytes()
+    if not sealed:
+        return ResumePoint(start)  # marked, but nothing went out: run the round afresh
+    if sorted(sealed) != list(range(len(sealed))):
+        return ResumePoint(start + 1)
+    loss = signed.get("train_loss")
+    return ResumePoint(start, sealed, float(loss) if isinstance(loss, (int, float)) else None)

@@ -8,7 +8,9 @@ for its newest round beyond our round window (one per step), filed once we catch
 
 An honest neighbour sends one valid update per step: whatever it sent instead (junk, a replay, a late
 update) answers one of its steps, so that we do not wait out the deadline for it; only junk that is not
-merely late costs it reputation.
+merely late costs it reputation. The same update of our round again is kept, too (`take_repeats`): a
+restarted neighbour sends its last update of the round again to resume it (`Peer.run_round`), and the
+Peer sends it our updates of the round again, which it lost.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Intake:
         # verified updates from peers not (yet) our neighbours, by sender, for its newest round: one may
         # race the hello that makes its sender our neighbour (`welcome` files it then)
         self._strangers: dict[str, dict[int, Accepted]] = {}
+        self._repeats: list[tuple[str, int, int]] = []  # (sender, round, step) of same-round duplicates
 
     def receive(
         self,
@@ -118,6 +121,8 @@ class Intake:
     def _file(self, verdict: Accepted, at: tuple[int, int]) -> None:
         sender, rnd, step = verdict.sender, verdict.round, verdict.step
         admission = self.inbox.admit(sender, rnd, step, verdict.payload_digest)
+        if admission is Admission.DUPLICATE and rnd == at[0]:
+            self._repeats.append((sender, rnd, step))
         if admission is not Admission.NEW and admission is not Admission.EQUIVOCATION:
             self._reject(sender, admission.value, f"round {rnd} step {step}")
             self.ledger.answer(sender, *at)  # a replay answers a step too
@@ -134,6 +139,17 @@ class Intake:
         vector = verdict.tensors[TENSOR]
         if self.ledger.update(rnd, step, sender, vector) and self.on_update is not None:
             self.on_update(rnd, step, sender, vector)
+
+    def take_repeats(self) -> list[tuple[str, int, int]]:
+        """The (sender, round, step) of the updates of our round that came again, since the last call."""
+        repeats, self._repeats = self._repeats, []
+        return repeats
+
+    def repeated(self, verdict: Accepted) -> bool:
+        """Admit an update that arrives after our last round (we serve late neighbours): True if it is one we
+        already have, the same bytes again."""
+        admission = self.inbox.admit(verdict.sender, verdict.round, verdict.step, verdict.payload_digest)
+        return admission is Admission.DUPLICATE
 
     def _steps_behind(self, sent: tuple[int, int], at: tuple[int, int]) -> int:
         return (at[0] - sent[0]) * self.ledger.steps + at[1] - sent[1]

@@ -28,7 +28,13 @@ from p2pfed.config import GossipConfig
 from p2pfed.net.membership import Evidence, EvidenceKind
 from p2pfed.net.transport import Transport
 from p2pfed.peer.byzantine import Attacker
-from p2pfed.peer.checkpoint import Checkpoint, mark_signed, save_checkpoint
+from p2pfed.peer.checkpoint import (
+    Checkpoint,
+    ResumePoint,
+    mark_signed,
+    save_checkpoint,
+    save_sealed,
+)
 from p2pfed.peer.envelopes import off_loop
 from p2pfed.peer.intake import TENSOR, Intake
 from p2pfed.peer.ledger import StepLedger
@@ -47,7 +53,7 @@ if TYPE_CHECKING:
     # dependency, they shadow trio's own types), which have it only as trio_typing.TaskStatus
     from trio_typing import TaskStatus
 
-__all__ = ["FAR_FUTURE", "TENSOR", "BlockingRunner", "Peer", "RoundReport"]
+__all__ = ["FAR_FUTURE", "TENSOR", "BlockingRunner", "Peer", "ResumedRound", "RoundReport"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,7 @@ class Peer:
         checkpoint_dir: Path | None = None,
         start_round: int = 0,
         mixed_through: int | None = None,  # a resumed peer: its checkpoint's round (default start_round)
+        resumed: ResumePoint | None = None,  # a restarted peer: its envelopes of `start_round` already out
         run_blocking: BlockingRunner | None = None,
         alone_wait_s: float = 0.0,
     ) -> None:
@@ -134,8 +141,13 @@ class Peer:
         self._adopt = False  # next mix ignores our own vector (we joined late, or fell far behind)
         # our vector holds the neighbours' models up to this round: the last round that mixed any of theirs
         self._mixed_through = start_round if mixed_through is None else mixed_through
+        self._restarted = mixed_through is not None  # until our first round: we were down, for how long?
         self.anchor: FloatVector | None = None  # our vector at the start of this round
         self._trained: FloatVector | None = None  # our vector right after this round's local training
+        self._train_loss = float("nan")  # this round's local training loss
+        self._resent: set[tuple[str, int, int]] = set()  # (neighbour, round, step) we sent our steps again
+        self._nursery: trio.Nursery | None = None  # while `run` runs: for sends the receive loop starts
+        self._resume = self._open_resumed(resumed) if resumed is not None and resumed.sealed else None
 
     @property
     def peer_id(self) -> str:
@@ -144,6 +156,26 @@ class Peer:
     @property
     def byzantine(self) -> bool:
         return self.attacker is not None
+
+    def _open_resumed(self, point: ResumePoint) -> ResumedRound | None:
+        """Our sealed envelopes of the round we were killed in, checked as a neighbour would check them. If
+        they do not open (not ours, not this run's, not that round), the round cannot be resumed: we go on
+        after it, as we never sign a round twice."""
+        vectors: dict[int, FloatVector] = {}
+        for step, envelope in sorted(point.sealed.items()):
+            verdict = open_envelope(
+                envelope, remote=self.peer_id, run_digest=self.run_digest, schema=self.schema, limits=self.limits,
+                round_window=(point.round, point.round), now=None,
+            )
+            if not isinstance(verdict, Accepted) or verdict.sender != self.peer_id or verdict.step != step:
+                reason = verdict.detail if not isinstance(verdict, Accepted) else "another sender or step"
+                log.warning("peer %d: cannot resume round %d from its sealed envelopes (%s); going on after it",
+                            self.index, point.round, reason)
+                self.round = point.round + 1
+                return None
+            vectors[step] = verdict.tensors[TENSOR]
+        loss = float("nan") if point.train_loss is None else point.train_loss
+        return ResumedRound(point.round, dict(point.sealed), vectors, loss)
 
     def rng(self, *purpose: int) -> np.random.Generator:
         """A generator seeded from the run seed, this peer's index and a purpose: (round, Seed.LOCAL_TRAINING),
@@ -156,6 +188,7 @@ class Peer:
         """Run until round `rounds`. `join_late`: the network is said (by unsigned hints) to be past our
         round, so first wait, one round's deadlines at most, for neighbours' signed updates that show it."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._receive_loop)
             task_status.started()
             if join_late:
@@ -169,12 +202,20 @@ class Peer:
                 self.catch_up()
                 if self.round >= rounds:
                     break
+                if self._restarted and self.round > self._mixed_through:
+                    # We were down for rounds our model never mixed: the Bristle-style bound lets our
+                    # neighbours pull it only a few own updates' lengths a step, so adopt theirs instead.
+                    # Only our own downtime is such evidence; a peer that merely heard nobody keeps its own.
+                    self._adopt = True
+                self._restarted = False
                 heard = self.intake.accepted
-                await self.run_round(self.round)
+                resume, self._resume = self._resume, None
+                await self.run_round(self.round, resume=resume if resume and resume.round == self.round else None)
                 alone = self.intake.accepted == heard
                 self.round, self.step = self.round + 1, 0
                 self._rounds_run += 1
             self.finished.set()
+            self._nursery = None
             nursery.cancel_scope.cancel()
 
     def _refresh_neighbours(self) -> None:
@@ -271,16 +312,30 @@ class Peer:
         self.round = target
         self.intake.catch_up(target)
 
-    async def run_round(self, rnd: int) -> None:
+    async def run_round(self, rnd: int, *, resume: ResumedRound | None = None) -> None:
+        """Train, then gossip the round's steps. `resume`: we were killed in this round after sending
+        updates of it; instead of training again, go on from the last step we sent, with the same bytes."""
         started = time.perf_counter()
         self.step = 0
         sent0, received0 = self._bytes_sent, self._bytes_received
         anchor = self.vector
-        training_rng = self.rng(rnd, Seed.LOCAL_TRAINING)
-        self.vector, train_loss = await self.blocking(self._train_fn(rnd), self.vector, training_rng)
-        self.anchor, self._trained = anchor, self.vector  # our own evidence, for the defence
+        first = 0
+        if resume is None:
+            training_rng = self.rng(rnd, Seed.LOCAL_TRAINING)
+            self.vector, train_loss = await self.blocking(self._train_fn(rnd), self.vector, training_rng)
+            trained = self.vector
+        else:
+            first = max(resume.envelopes)
+            train_loss, trained, self.vector = resume.train_loss, resume.vectors[0], resume.vectors[first]
+            self._last_seal = (rnd, first, self.vector, resume.envelopes[first])
+            self._sealed = dict(resume.envelopes)
+            self._delivered = {s: set() for s in resume.envelopes}
+            log.info("peer %d: resuming round %d at step %d with the updates it sent before it stopped",
+                     self.index, rnd, first)
+        self._train_loss = train_loss
+        self.anchor, self._trained = anchor, trained  # our own evidence, for the defence
         outcomes: Counter[str] = Counter()
-        for step in range(self.gossip.gossip_steps):
+        for step in range(first, self.gossip.gossip_steps):
             verdicts = await self.gossip_step(rnd, step)
             outcomes.update(v.outcome.value for v in verdicts)
         if outcomes[Outcome.KEPT.value]:
@@ -339,9 +394,13 @@ class Peer:
         if self.attacker is not None:
             return await self.attacker.gossip_step(self, rnd, step, everyone, trusted)
         if everyone and self.checkpoint_dir is not None and rnd > self._marked:
-            await self.blocking(mark_signed, self.checkpoint_dir, rnd)  # before anything of round `rnd` is signed
+            # before anything of round `rnd` is signed
+            await self.blocking(partial(mark_signed, train_loss=self._train_loss), self.checkpoint_dir, rnd)
             self._marked = rnd
+        fresh = self._last_seal is None or self._last_seal[:2] != (rnd, step)
         envelope = await self.seal_update(rnd, step, self.vector) if everyone else b""
+        if everyone and fresh and self.checkpoint_dir is not None:  # on disk before it goes out
+            await self.blocking(save_sealed, self.checkpoint_dir, rnd, step, envelope)
         # Sending and waiting overlap: a send to an unreachable neighbour (a partition) lasts up to the
         # step deadline, and so does the wait for its update, so the step takes one deadline, not two.
         async with trio.open_nursery() as nursery:
@@ -376,7 +435,7 @@ class Peer:
         call = partial(seal, self.identity, run_digest=self.run_digest, round=rnd, step=step, tensors=tensors)
         envelope = await off_loop(tensors[TENSOR].nbytes, call)
         if last is None or last[0] != rnd:
-            self._sealed, self._delivered = {}, {}
+            self._sealed, self._delivered, self._resent = {}, {}, set()
         self._last_seal = (rnd, step, vector, envelope)
         self._sealed[step] = envelope
         self._delivered[step] = set()
@@ -413,7 +472,26 @@ class Peer:
                 delivery.remote, verdict, at=at, neighbours=self.neighbour_degrees, is_neighbour=self._is_neighbour
             ):
                 self._notify_arrival()
+            for sender, rnd, step in self.intake.take_repeats():
+                if self._nursery is not None:
+                    self._send_again(sender, rnd, step, self._nursery)
             await trio.lowlevel.checkpoint()
+
+    def _send_again(self, to: str, rnd: int, step: int, nursery: trio.Nursery) -> None:
+        """`to` sent us again its update of (rnd, step), the same bytes: it was restarted and resumed that
+        step (`run_round`), and lost whatever we had sent it of the round. Send it our envelopes of that
+        step and the later ones we have sealed, once per (neighbour, round, step): a neighbour replaying its
+        own updates gets at most the round's steps, once each per step it replays."""
+        if self._last_seal is None or self._last_seal[0] != rnd or (to, rnd, step) in self._resent:
+            return
+        if self.reputation.is_quarantined(to):
+            return
+        self._resent.add((to, rnd, step))
+        steps = [s for s in sorted(self._sealed) if s >= step]
+        if steps:
+            log.info("peer %d: %s repeated its update of round %d step %d (restarted): sending steps %s again",
+                     self.index, to[:16], rnd, step, steps)
+            self._start_sending(nursery, to, steps)
 
     async def serve_late_neighbours(self, seconds: float, *, finished: Callable[[str], bool] | None = None) -> None:
         """After the last round, for up to `seconds`: make sure every neighbour still at work gets our
@@ -464,17 +542,26 @@ class Peer:
                 if isinstance(verdict, Accepted) and self._is_neighbour(verdict.sender):
                     sender, rnd = verdict.sender, verdict.round
                     self.intake.signed(sender, rnd, verdict.step)
-                    if (sender, rnd) not in answered and not self.reputation.is_quarantined(sender):
+                    if self.intake.repeated(verdict):  # it restarted in our last round: resend from that step
+                        self._send_again(sender, rnd, verdict.step, nursery)
+                    elif (sender, rnd) not in answered and not self.reputation.is_quarantined(sender):
                         answered.add((sender, rnd))
                         # a new process behind us has none of them; one in our last round may lack some
                         steps = [s for s in sorted(self._sealed) if rnd < last or sender not in self._delivered[s]]
-                        nursery.start_soon(self._send_steps, sender, steps)
+                        self._start_sending(nursery, sender, steps)
                     self._notify_arrival()
                 await trio.lowlevel.checkpoint()
 
-    async def _send_steps(self, to: str, steps: list[int]) -> None:
-        for step in steps:  # in order: a step's update never overtakes the one before it
-            await self.send_one(to, self._sealed[step], step)
+    def _start_sending(self, nursery: trio.Nursery, to: str, steps: list[int]) -> None:
+        """Send `to` our envelopes of these steps of the last seal's round, in order, in the background."""
+        if self._last_seal is not None:
+            rnd = self._last_seal[0]
+            nursery.start_soon(self._send_steps, to, rnd, [(s, self._sealed[s]) for s in steps])
+
+    async def _send_steps(self, to: str, rnd: int, envelopes: list[tuple[int, bytes]]) -> None:
+        for step, envelope in envelopes:  # in order: a step's update never overtakes the one before it
+            same_round = self._last_seal is not None and self._last_seal[0] == rnd  # else: not ours to mark
+            await self.send_one(to, envelope, step if same_round else None)
 
     def _notify_arrival(self) -> None:
         self._arrival.set()
@@ -521,3 +608,15 @@ class Peer:
     async def _in_worker_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking work runs in a worker thread, one job at a time per compute limiter."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self.compute)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumedRound:
+    """The round a restarted peer resumes: its sealed envelopes of it (step -> bytes, steps 0..k), the
+    vectors they carry (step 0's is the round's trained vector; step k's the one it goes on from), and the
+    round's training loss."""
+
+    round: int
+    envelopes: dict[int, bytes]
+    vectors: dict[int, FloatVector]
+    train_loss: float
