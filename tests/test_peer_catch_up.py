@@ -141,3 +141,14 @@ def test_a_restarted_peer_whose_checkpoint_is_current_and_a_peer_that_was_never_
         defence = Recording()
         network(liar=False, defence=defence, start=NETWORK_ROUND, join_late=False, mixed_through=mixed_through)
         assert defence.mixes and all(w > 0 for _, w in defence.mixes), mixed_through
+
+
+def test_a_restarted_peer_whose_first_round_mixed_nothing_adopts_when_it_catches_up_inside_the_window() -> None:
+    # Restarted at round 3 from a round-3 checkpoint, the network at round 5: round 3 mixes nothing (the
+    # neighbours' updates are for round 5), then it catches up by 2 rounds, inside the round window. Its
+    # model last took the neighbours' before its checkpoint: it adopts theirs.
+    defence = Recording()
+    network(liar=False, defence=defence, start=3, join_late=False, mixed_through=3)
+    (first_round, own_weight), *rest = [(rnd, w) for rnd, w in defence.mixes if rnd >= NETWORK_ROUND]
+    assert (first_round, own_weight) == (NETWORK_ROUND, 0.0)
+    assert rest and all(w > 0 for _, w in rest)

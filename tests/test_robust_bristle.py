@@ -768,3 +768,16 @@ def test_neighbours_next_to_us_cannot_make_honest_ones_far() -> None:
 
     verdicts = by_sender(Bristle()(inp))
     assert verdicts["p0"][0] is verdicts["p1"][0] is Outcome.KEPT
+
+
+def test_adopting_with_no_weight_on_our_own_vector_gives_the_dropped_weight_to_the_kept() -> None:
+    # A peer that was down (or joined late) mixes with own weight 0: dropping a far attacker must not hand
+    # its weight back to the stale vector, which would stay a fifth of the mix.
+    received = np.vstack([honest(4), np.full((1, D), -100.0)])
+    inp = dataclasses.replace(make_input(received, own=np.full(D, 0.8)), mixing_weights=np.array([0, *[0.2] * 5]))
+    out = Bristle()(inp)
+    assert by_sender(out)["p4"][:2] == (Outcome.DROPPED, reasons.FAR)
+    assert self_weight(out) == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(out.mixed, received[:4].mean(axis=0), atol=1e-5)
+    usual = Bristle()(make_input(received, own=np.full(D, 0.8)))  # with our own weight: it keeps the dropped share
+    assert self_weight(usual) > 0.3

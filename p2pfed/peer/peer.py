@@ -141,11 +141,12 @@ class Peer:
         self._adopt = False  # next mix ignores our own vector (we joined late, or fell far behind)
         # our vector holds the neighbours' models up to this round: the last round that mixed any of theirs
         self._mixed_through = start_round if mixed_through is None else mixed_through
-        self._restarted = mixed_through is not None  # until our first round: we were down, for how long?
+        self._restarted = mixed_through is not None  # until a mix of ours keeps a neighbour's update
         self.anchor: FloatVector | None = None  # our vector at the start of this round
         self._trained: FloatVector | None = None  # our vector right after this round's local training
         self._train_loss = float("nan")  # this round's local training loss
         self._resent: set[tuple[str, int, int]] = set()  # (neighbour, round, step) we sent our steps again
+        self._resumed_round = -1  # the round we resumed after a restart: repeats in it are echoes, not restarts
         self._nursery: trio.Nursery | None = None  # while `run` runs: for sends the receive loop starts
         self._resume = self._open_resumed(resumed) if resumed is not None and resumed.sealed else None
 
@@ -207,7 +208,6 @@ class Peer:
                     # neighbours pull it only a few own updates' lengths a step, so adopt theirs instead.
                     # Only our own downtime is such evidence; a peer that merely heard nobody keeps its own.
                     self._adopt = True
-                self._restarted = False
                 heard = self.intake.accepted
                 resume, self._resume = self._resume, None
                 await self.run_round(self.round, resume=resume if resume and resume.round == self.round else None)
@@ -330,6 +330,7 @@ class Peer:
             self._last_seal = (rnd, first, self.vector, resume.envelopes[first])
             self._sealed = dict(resume.envelopes)
             self._delivered = {s: set() for s in resume.envelopes}
+            self._resumed_round = rnd
             log.info("peer %d: resuming round %d at step %d with the updates it sent before it stopped",
                      self.index, rnd, first)
         self._train_loss = train_loss
@@ -339,7 +340,7 @@ class Peer:
             verdicts = await self.gossip_step(rnd, step)
             outcomes.update(v.outcome.value for v in verdicts)
         if outcomes[Outcome.KEPT.value]:
-            self._mixed_through = rnd + 1
+            self._mixed_through, self._restarted = rnd + 1, False
         self.reputation.end_round(rnd)
         if not self.byzantine and self.anchor is not None and self._trained is not None:
             self.vector = restore_update(self.anchor, self._trained, self.vector, self.gossip.restore_update)
@@ -483,6 +484,8 @@ class Peer:
         step and the later ones we have sealed, once per (neighbour, round, step): a neighbour replaying its
         own updates gets at most the round's steps, once each per step it replays."""
         if self._last_seal is None or self._last_seal[0] != rnd or (to, rnd, step) in self._resent:
+            return
+        if rnd == self._resumed_round:  # we are the one that restarted: its resent steps can arrive twice
             return
         if self.reputation.is_quarantined(to):
             return

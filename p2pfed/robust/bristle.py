@@ -83,7 +83,9 @@ u_i is the peer's own: no neighbour can widen it. Honest neighbours that trained
 consensus sit about √2 · u_i apart or closer, so `bound_factor` = 2 leaves them unclipped and an
 attack-free run mixes as before. `tests/test_robust_bristle.py` checks all three against adversarial
 vectors. Without that evidence (a plug-in caller, a late joiner adopting its neighbours) the radius is the
-neighbour-set one alone and no bound is claimed.
+neighbour-set one alone and no bound is claimed. A caller that gives our own vector no weight (m_ii = 0:
+the Peer adopting its neighbours' model after it joined late or was down) means it: the weight of dropped
+or capped candidates goes to the kept ones, not back to our stale vector.
 
 Without `evaluate` (no validation data) step 3 is skipped and nothing is explored: distance only. The same
 holds when our validation split has rows of fewer than `min_evidence_classes` (2) classes
@@ -294,6 +296,8 @@ class Bristle:
         mh = np.concatenate([[mh.sum() - mh_kept.sum()], mh_kept])
         weights = mix_weights(mh, perf, rep[kept], self.newcomer_below, self.newcomer_cap)
         weights = cap_weights(weights, self.max_boost * inp.mixing_weights[1 + kept].astype(np.float64))
+        if inp.mixing_weights[0] == 0 and weights[1:].sum() > 0:  # adopting: our vector is stale
+            weights = np.concatenate([[0.0], weights[1:] / weights[1:].sum()])
         radius = self.clip_factor * scale if scale > 0 else np.inf
         if unit is not None:
             radius = min(radius, self.bound_factor * unit)
