@@ -8,7 +8,9 @@ lives and dies with this process).
 
 The private peers are given only the relay peer's address; priv1 starts with `--private`, priv2 is left
 to AutoNAT to find out. They must find each other through the DHT,
-reserve relay slots, and train. Usage: python netns_nat.py ROOT SECONDS; writes ROOT/result.json.
+reserve relay slots, and train. A new inbound connection to a router itself is dropped (ROUTER "drops", as
+a home router's firewall does) or answered with a RST ("resets", Linux's default without a firewall).
+Usage: python netns_nat.py ROOT SECONDS ROUTER; writes ROOT/result.json.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
-def build(tag: str) -> dict[str, str]:
-    """The namespaces (named with `tag`) and their links; returns role -> namespace name."""
+def build(tag: str, router: str) -> dict[str, str]:
+    """The namespaces (named with `tag`) and their links; returns role -> namespace name. `router`: what
+    the NAT routers do with a new inbound connection to themselves ("drops" or "resets")."""
     names = {role: f"{role}-{tag}" for role in ("public", "rtr1", "rtr2", "priv1", "priv2")}
     subprocess.run(["mount", "-t", "tmpfs", "none", "/run"], check=True)
     os.makedirs("/run/netns", exist_ok=True)
@@ -56,6 +59,9 @@ def build(tag: str) -> dict[str, str]:
         sh(*nat, "-A", "FORWARD", "-i", f"r{i}", "-o", f"l{i}", "-m", "state", "--state",
            "ESTABLISHED,RELATED", "-j", "ACCEPT")
         sh(*nat, "-A", "FORWARD", "-i", f"r{i}", "-o", f"l{i}", "-j", "DROP")
+        if router == "drops":  # nor to the router itself, as a home router's firewall drops them
+            sh(*nat, "-A", "INPUT", "-i", f"r{i}", "-m", "state", "--state", "NEW", "-j", "DROP")
+        # "resets": the router's own stack answers an unsolicited SYN with a RST (Linux's default)
     sh("ip", "netns", "exec", pub, "sysctl", "-qw", "net.ipv4.ip_forward=1")  # routes rtr1 <-> rtr2
     return names
 
@@ -77,8 +83,8 @@ def status(node: Path) -> dict:  # type: ignore[type-arg]
         return {}
 
 
-def main(root: Path, seconds: float) -> None:
-    names = build(str(os.getpid()))
+def main(root: Path, seconds: float, router: str) -> None:
+    names = build(str(os.getpid()), router)
     procs: list[subprocess.Popen[bytes]] = []
     result: dict[str, object] = {"paths": {}, "rounds": {}}
     deadline = time.monotonic() + seconds
@@ -128,4 +134,4 @@ def main(root: Path, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), float(sys.argv[2]))
+    main(Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3])
