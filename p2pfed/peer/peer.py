@@ -139,7 +139,8 @@ class Peer:
         self._run_blocking = run_blocking or self._in_worker_thread
         self._rounds_run = 0
         self._adopt = False  # next mix ignores our own vector (we joined late, or fell far behind)
-        # our vector holds the neighbours' models up to this round: the last round that mixed any of theirs
+        # our vector holds the neighbours' models up to this round: the last round whose mixes kept at
+        # least half of the updates due (not missing, dropped or quarantined)
         self._mixed_through = start_round if mixed_through is None else mixed_through
         self._restarted = mixed_through is not None  # until a mix of ours keeps a neighbour's update
         self.anchor: FloatVector | None = None  # our vector at the start of this round
@@ -339,7 +340,8 @@ class Peer:
         for step in range(first, self.gossip.gossip_steps):
             verdicts = await self.gossip_step(rnd, step)
             outcomes.update(v.outcome.value for v in verdicts)
-        if outcomes[Outcome.KEPT.value]:
+        kept = outcomes[Outcome.KEPT.value]
+        if kept and 2 * kept >= sum(outcomes.values()):  # one kept update among missing ones mixes little
             self._mixed_through, self._restarted = rnd + 1, False
         self.reputation.end_round(rnd)
         if not self.byzantine and self.anchor is not None and self._trained is not None:
