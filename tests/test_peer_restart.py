@@ -133,6 +133,8 @@ def test_resume_point_reads_the_mark_and_the_sealed_envelopes(tmp_path: Path) ->
     save_sealed(tmp_path, 0, 0, b"step 0")
     save_sealed(tmp_path, 0, 1, b"step 1")
     assert resume_point(tmp_path, None) == ResumePoint(0, {0: b"step 0", 1: b"step 1"}, 0.5)
+    mark_signed(tmp_path, 0, train_loss=0.5)  # marked again (resumed, killed again): its envelopes stay
+    assert resume_point(tmp_path, None) == ResumePoint(0, {0: b"step 0", 1: b"step 1"}, 0.5)
     (tmp_path / "sealed" / "0-0.env").unlink()  # step 1 without step 0: not ours to resume
     assert resume_point(tmp_path, None) == ResumePoint(1)
     mark_signed(tmp_path, 1)  # a new round forgets the old round's envelopes

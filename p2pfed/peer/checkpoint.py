@@ -98,8 +98,9 @@ def mark_signed(directory: Path, rnd: int, *, train_loss: float | None = None) -
     round from the envelopes it sent instead (`save_sealed`, `resume_point`)."""
     directory = Path(directory)
     write_atomic(directory / SIGNED_FILE, json.dumps({"round": rnd, "train_loss": train_loss}).encode())
-    for old in (directory / SEALED_DIR).glob("*.env"):  # an earlier round's: never sent again
-        old.unlink(missing_ok=True)
+    for old in (directory / SEALED_DIR).glob("*.env"):
+        if not old.name.startswith(f"{rnd}-"):  # an earlier round's: never sent again
+            old.unlink(missing_ok=True)
 
 
 def save_sealed(directory: Path, rnd: int, step: int, envelope: bytes) -> None:

@@ -142,7 +142,7 @@ class Peer:
         # our vector holds the neighbours' models up to this round: the last round whose mixes kept at
         # least half of the updates due (not missing, dropped or quarantined)
         self._mixed_through = start_round if mixed_through is None else mixed_through
-        self._restarted = mixed_through is not None  # until a mix of ours keeps a neighbour's update
+        self._restarted = mixed_through is not None  # until a round's mixes keep half the updates due
         self.anchor: FloatVector | None = None  # our vector at the start of this round
         self._trained: FloatVector | None = None  # our vector right after this round's local training
         self._train_loss = float("nan")  # this round's local training loss
@@ -331,7 +331,7 @@ class Peer:
             self._last_seal = (rnd, first, self.vector, resume.envelopes[first])
             self._sealed = dict(resume.envelopes)
             self._delivered = {s: set() for s in resume.envelopes}
-            self._resumed_round = rnd
+            self._resumed_round = self._marked = rnd  # marked before it stopped: its envelopes stay
             log.info("peer %d: resuming round %d at step %d with the updates it sent before it stopped",
                      self.index, rnd, first)
         self._train_loss = train_loss
