@@ -139,6 +139,7 @@ class Peer:
         self._run_blocking = run_blocking or self._in_worker_thread
         self._rounds_run = 0
         self._adopt = False  # next mix ignores our own vector (we joined late, or fell far behind)
+        self._adopting = -1  # the round whose mixes all ignore our own vector: the one adoption began in
         # our vector holds the neighbours' models up to this round: the last round whose mixes kept at
         # least half of the updates due (not missing, dropped or quarantined)
         self._mixed_through = start_round if mixed_through is None else mixed_through
@@ -580,8 +581,10 @@ class Peer:
         arrived = sorted(s for s in updates if s not in quarantined and s in self.neighbour_degrees)
         self_weight, weights = metropolis_row(len(self.neighbour_degrees), self.neighbour_degrees)
         anchor, trained = self.anchor, self._trained
-        if self._adopt and arrived:  # far behind: take the neighbours' vectors, whatever our own update says
-            self_weight, self._adopt = 0.0, False
+        if arrived and (self._adopt or self._adopting == rnd):
+            # far behind: take the neighbours' vectors, whatever our own update says, for every step of
+            # the round (a later step averaging ours back in would keep part of the stale model)
+            self_weight, self._adopt, self._adopting = 0.0, False, rnd
             anchor = trained = None
         received = np.stack([updates[s] for s in arrived]) if arrived else np.zeros((0, self.vector.size), np.float32)
         inp = DefenceInput(
