@@ -7,17 +7,21 @@ the test started inside) frees every namespace, interface and iptables rule. `La
 router namespace and N host namespaces, host i at 10.77.<i>.2/24 behind the router's 10.77.<i>.1. All
 traffic between hosts crosses the router's FORWARD chain, which is where a test drops it: a partition
 (`partition`), random loss (`lose`), and `heal` to remove both. There is no netem in this kernel, so
-latency is not modelled here.
+`delay` adds latency with a transparent proxy in the router instead (tests/delay_proxy.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 SUBNET = "10.77"  # host i is 10.77.<i>.2; addresses exist only inside the lab's namespaces
@@ -93,6 +97,7 @@ class Lab:
     def __init__(self, hosts: int) -> None:
         self.hosts: list[Namespace] = []
         self.router = Namespace()
+        self._programs: list[subprocess.Popen[bytes]] = []  # started in the router; stopped with the lab
         try:
             self.router.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
             for i in range(hosts):
@@ -132,12 +137,34 @@ class Lab:
     def heal(self) -> None:
         self.router.run("iptables", "-F", "FORWARD")
 
+    def delay(self, seconds: float, stats: Path, port: int = 9999) -> None:
+        """Delay every byte of every TCP connection between hosts by `seconds`, each way: the router
+        redirects them to a delaying proxy (tests/delay_proxy.py), which writes its counts to `stats`.
+        Only connections opened after this call are delayed."""
+        proxy = Path(__file__).with_name("delay_proxy.py")
+        self._programs.append(self.router.popen([sys.executable, str(proxy), str(port), str(seconds), str(stats)]))
+        deadline = time.monotonic() + 60
+        while not stats.exists():  # written once the proxy is up (bounded: a proxy that dies is an error)
+            if self._programs[-1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the delaying proxy did not start (exit {self._programs[-1].poll()})")
+            time.sleep(0.05)
+        self.router.run("iptables", "-t", "nat", "-A", "PREROUTING", "-i", "r+", "-p", "tcp",
+                        "-j", "REDIRECT", "--to-ports", str(port))
+
+    @staticmethod
+    def delayed(stats: Path) -> dict[str, Any]:
+        """What the delaying proxy carried so far: connections, bytes and the delay."""
+        return dict(json.loads(stats.read_text()))
+
     def dropped(self) -> int:
         """Packets the router's FORWARD rules dropped so far (evidence that a fault was really applied)."""
         out = self.router.run("iptables", "-L", "FORWARD", "-v", "-n", "-x")
         return sum(int(line.split()[0]) for line in out.splitlines()[2:] if line.split() and "DROP" in line)
 
     def close(self) -> None:
+        for program in self._programs:
+            program.kill()
+            program.wait(timeout=10)
         for ns in [*self.hosts, self.router]:
             ns.close()
 

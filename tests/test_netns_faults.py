@@ -1,9 +1,8 @@
 """Six `p2pfed join` processes, each in its own network namespace behind one router (tests/netns.py), meet
-the faults of a real network: a partition into two halves that later heals, and 10% random packet loss
-on every link. What a user would notice is checked: rounds keep finishing within their deadlines, the
-halves come back together, checkpoints stay whole, and lost packets are never counted as misbehaviour.
-
-Latency is not tested: the kernel has no netem, and loss already exercises the same waiting code.
+the faults of a real network: a partition into two halves that later heals, 10% random packet loss on
+every link, and a 200 ms round trip on every link (a delaying proxy in the router: the kernel has no
+netem). What a user would notice is checked: rounds keep finishing within their deadlines, the halves come
+back together, checkpoints stay whole, and lost or slow packets are never counted as misbehaviour.
 """
 
 from __future__ import annotations
@@ -215,3 +214,29 @@ def test_rounds_complete_under_ten_percent_loss_and_loss_is_not_misbehaviour(net
         assert final["rejections"] == {}, final["rejections"]  # a lost packet is not a bad message
         assert not {"evict", "refuse"} & set(final["transport"]), final["transport"]  # nobody was expelled
         assert (node / "adapter" / "adapter_model.safetensors").is_file()
+
+
+DELAY = 0.1  # seconds each way: a 200 ms round trip, an intercontinental link
+DELAY_ROUNDS = 3
+
+
+@pytest.mark.parametrize("network", [DELAY_ROUNDS], indirect=True)
+def test_rounds_complete_over_slow_links_and_no_update_misses_its_deadline(network: Network, tmp_path: Path) -> None:
+    stats = tmp_path / "delay.json"
+    network.net.delay(DELAY, stats)
+    network.start()
+    codes = [proc.wait(timeout=DELAY_ROUNDS * (Q * STEP_TIMEOUT + 120) + 400) for proc in network.procs]
+    assert codes == [0] * PEERS, [network.stderr(i) for i, c in enumerate(codes) if c][:1]
+    carried = network.net.delayed(stats)
+    assert carried["connections"] >= PEERS - 1 and carried["bytes"] > 0, carried  # the delay was in the path
+    for node in network.nodes:
+        final = status(node)
+        assert final["state"] == "finished" and final["round"] == DELAY_ROUNDS
+        checkpoint = load_checkpoint(node)
+        assert checkpoint is not None and checkpoint.round == DELAY_ROUNDS and np.isfinite(checkpoint.vector).all()
+        rows = read_metrics(node)
+        assert [r["round"] for r in rows] == list(range(DELAY_ROUNDS))
+        assert sum(r["outcomes"].get("kept", 0) for r in rows) > 0
+        assert sum(r["outcomes"].get("missing", 0) for r in rows) == 0, rows  # slow, but always in time
+        assert final["rejections"] == {}, final["rejections"]  # a slow link is not a bad message
+        assert not {"evict", "refuse"} & set(final["transport"]), final["transport"]
