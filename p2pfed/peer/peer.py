@@ -299,7 +299,7 @@ class Peer:
         that speaks before the others. If we never ran a round (a fresh peer), or our model last took the
         neighbours' more than the round window before the network's round (rounds we were down for, or ran
         without hearing anyone), our model is stale: the next mix adopts the neighbours' vectors instead of
-        averaging ours in.
+        averaging ours in, at every step of that round.
         """
         if not self.intake.most_are_past(self.round, self.neighbour_degrees):
             return  # fewer than most of them have spoken: one early liar must not be the median
