@@ -5,37 +5,32 @@ The lab's router redirects every forwarded TCP connection to it (`Lab.delay`: an
 the router's PREROUTING chain). For each connection it reads the original destination (`SO_ORIGINAL_DST`),
 dials it from the router, and relays both directions, each chunk sent on `delay` seconds after it arrived.
 Only latency is added: the proxy buffers without limit, so bandwidth is the link's. A half-close is passed
-on after the data before it. Every second it writes `{"connections", "bytes", "delay_s"}` to the stats file
-(atomically), so a test can show the delay was really in the path.
+on after the data before it. It prints `ready` once it listens, and on SIGTERM one JSON line
+`{"connections", "bytes", "delay_s"}` before it exits, so a test can show the delay was really in the path.
 
-    python tests/delay_proxy.py PORT DELAY_S STATS_FILE
+    python tests/delay_proxy.py PORT DELAY_S
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import signal
 import socket
 import struct
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 import trio
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 
 
+@dataclass
 class Stats:
-    def __init__(self, path: Path, delay: float) -> None:
-        self.path, self.delay = path, delay
-        self.connections = 0
-        self.bytes = 0
-
-    def write(self) -> None:
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"connections": self.connections, "bytes": self.bytes, "delay_s": self.delay}))
-        os.replace(temporary, self.path)
+    delay: float
+    connections: int = 0
+    bytes: int = 0
 
 
 def original_destination(sock: trio.socket.SocketType) -> tuple[str, int]:
@@ -84,15 +79,17 @@ async def relay(client: trio.SocketStream, stats: Stats) -> None:
                 nursery.start_soon(pump, server, client, stats, done)
 
 
-async def main(port: int, delay: float, stats_path: Path) -> None:
-    stats = Stats(stats_path, delay)
-    stats.write()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_tcp, lambda stream: relay(stream, stats), port)
-        while True:
-            await trio.sleep(1.0)
-            stats.write()
+async def main(port: int, delay: float) -> None:
+    stats = Stats(delay)
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_tcp, lambda stream: relay(stream, stats), port)
+            print("ready", flush=True)
+            async for _ in signals:
+                break
+            print(json.dumps({"connections": stats.connections, "bytes": stats.bytes, "delay_s": stats.delay}), flush=True)
+            nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3]))
+    trio.run(main, int(sys.argv[1]), float(sys.argv[2]))

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,24 +136,24 @@ class Lab:
     def heal(self) -> None:
         self.router.run("iptables", "-F", "FORWARD")
 
-    def delay(self, seconds: float, stats: Path, port: int = 9999) -> None:
+    def delay(self, seconds: float, port: int = 9999) -> None:
         """Delay every byte of every TCP connection between hosts by `seconds`, each way: the router
-        redirects them to a delaying proxy (tests/delay_proxy.py), which writes its counts to `stats`.
-        Only connections opened after this call are delayed."""
+        redirects them to a delaying proxy (tests/delay_proxy.py). Only connections opened after this call
+        are delayed; `delayed` stops the proxy and says what it carried."""
         proxy = Path(__file__).with_name("delay_proxy.py")
-        self._programs.append(self.router.popen([sys.executable, str(proxy), str(port), str(seconds), str(stats)]))
-        deadline = time.monotonic() + 60
-        while not stats.exists():  # written once the proxy is up (bounded: a proxy that dies is an error)
-            if self._programs[-1].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the delaying proxy did not start (exit {self._programs[-1].poll()})")
-            time.sleep(0.05)
+        self._proxy = self.router.popen([sys.executable, str(proxy), str(port), str(seconds)], stdout=subprocess.PIPE)
+        self._programs.append(self._proxy)
+        assert self._proxy.stdout is not None
+        if self._proxy.stdout.readline() != b"ready\n":  # EOF if it exits before it listens
+            raise RuntimeError(f"the delaying proxy did not start (exit {self._proxy.wait(timeout=10)})")
         self.router.run("iptables", "-t", "nat", "-A", "PREROUTING", "-i", "r+", "-p", "tcp",
                         "-j", "REDIRECT", "--to-ports", str(port))
 
-    @staticmethod
-    def delayed(stats: Path) -> dict[str, Any]:
-        """What the delaying proxy carried so far: connections, bytes and the delay."""
-        return dict(json.loads(stats.read_text()))
+    def delayed(self) -> dict[str, Any]:
+        """Stop the delaying proxy; what it carried: connections, bytes and the delay."""
+        self._proxy.terminate()
+        out, _ = self._proxy.communicate(timeout=30)
+        return dict(json.loads(out.splitlines()[-1]))
 
     def dropped(self) -> int:
         """Packets the router's FORWARD rules dropped so far (evidence that a fault was really applied)."""
