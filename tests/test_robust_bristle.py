@@ -156,6 +156,36 @@ def test_a_poisoned_majority_cannot_lower_the_bar_below_the_floor() -> None:
     assert all(verdicts[f"p{i}"][0] is Outcome.DROPPED for i in (1, 2, 3))
 
 
+def test_a_relative_floor_bites_where_our_own_score_is_still_low() -> None:
+    # An eclipsed peer early in training: its own F1 is 0.25, so the absolute floor (a drop of 0.35) can
+    # never be reached and three poisoned models at 0.05, which set the typical score, all pass. A floor
+    # relative to our own score (at most half of it may be lost) drops them and keeps the honest one.
+    received = np.vstack([honest(1), -honest(3)])
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        return np.array([[0.25, 0.25]] + [[0.24, 0.24] if r[0] > 0 else [0.05, 0.05] for r in x[1:]])
+
+    absolute = by_sender(Bristle()(make_input(received, evaluate=evaluate)))
+    assert all(absolute[f"p{i}"][0] is Outcome.KEPT for i in range(4))
+    relative = by_sender(Bristle(relative_floor=0.5)(make_input(received, evaluate=evaluate)))
+    assert relative["p0"][0] is Outcome.KEPT
+    assert all(relative[f"p{i}"][0] is Outcome.DROPPED for i in (1, 2, 3))
+
+
+def test_a_relative_floor_never_tolerates_more_than_the_absolute_one() -> None:
+    # Own F1 0.9: half of it (0.45) is more than floor_margin (0.35), so the absolute floor decides.
+    own, candidate = [[0.9, 0.9]], [[0.5, 0.5]]
+    kwargs: dict[str, Any] = dict(
+        margin=1.0, floor_margin=0.35, reference_quantile=0.5, harm_margin=0.1, harm_factor=3.0,
+        boost=4.0, max_boost=3.0,
+    )
+    for relative in (0.0, 0.5):
+        worse, *_ = integrate(np.array(own + candidate), relative_floor=relative, **kwargs)
+        assert worse.tolist() == [True]
+    worse, *_ = integrate(np.array([[0.9, 0.9], [0.6, 0.6]]), relative_floor=0.5, **kwargs)
+    assert worse.tolist() == [False]
+
+
 def test_small_drops_within_the_margin_are_tolerated() -> None:
     received = honest(2)
     own_scores, candidate_scores = [0.9, 0.9, 0.1], [0.89, 0.9, 0.1]

@@ -234,6 +234,10 @@ class Bristle:
     # for scores that are minus a mean token loss: nats per unit of margin (margin 0.1 -> 0.05 nats, a 5 %
     # perplexity increase; floor_margin 0.35 -> 19 %), see `evidence.loss_scale`
     loss_unit: float = LOSS_UNIT
+    # > 0: the floor's tolerated drop is also at most this × our own (or the anchor's) mean F1, so that a
+    # peer whose F1 is still low has a floor that bites (`evidence.integrate`). Off by default until the
+    # complete-graph grid is rerun with it (docs/robustness.md, session 25)
+    relative_floor: float = 0.0
     new_reputation: float = DEFAULT_PRIOR  # reputation of a sender absent from the table
     newcomer_below: float = 0.5  # under this reputation a sender counts as a newcomer ...
     newcomer_cap: float = 0.5  # ... and get at most this share of a mix with established peers
@@ -375,4 +379,5 @@ class Bristle:
             boost=self.boost,
             max_boost=self.max_boost,
             loss_unit=self.loss_unit,
+            relative_floor=self.relative_floor,
         ), grant

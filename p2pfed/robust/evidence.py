@@ -60,10 +60,17 @@ def integrate(
     baseline: FloatVector | None = None,
     floor_from_anchor: bool = False,
     loss_unit: float = LOSS_UNIT,
+    relative_floor: float = 0.0,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Floats, Floats]:
     """From (1 + k, c) validation scores of [own, *candidates], and optionally the (c,) scores of the
     round's anchor (`baseline`): (worse mask, harmful mask, performance weight, evidence score = mean Δ
-    over informative classes)."""
+    over informative classes).
+
+    A candidate whose mean drop from the floor (min(our score, the anchor's) per class) exceeds
+    `floor_margin` is worse. With `relative_floor` r > 0 and F1 scores, the tolerated drop is at most
+    r × the floor's mean as well: a peer whose own F1 is still low (0.2 early on TREC, or a victim that an
+    attacking majority holds down) cannot lose the 0.35 that `floor_margin` allows, so there a
+    sign-flipped model passed. The tolerance comes from our own scores only."""
     s = np.asarray(scores, dtype=np.float64)
     informative = informative_classes(s)
     s = s[:, informative]
@@ -92,7 +99,12 @@ def integrate(
     mean_delta = delta.mean(axis=1)
     own_delta = own_drop.mean(axis=1)
     scale = loss_scale(s[0], loss_unit)
-    worse = (mean_delta < -margin * scale) | (own_delta < -floor_margin * scale)
+    tolerance = floor_margin * scale
+    if relative_floor > 0 and scale == 1.0:  # F1 scores; a loss has no natural zero to be relative to
+        level = float(floor.mean())
+        if np.isfinite(level):
+            tolerance = min(tolerance, relative_floor * max(level, 0.0))
+    worse = (mean_delta < -margin * scale) | (own_delta < -tolerance)
     harmful = worse.copy()
     if worse.any():  # which of the worse are also outliers
         harmful &= mean_delta < scale * harm_threshold(mean_delta / scale, harm_margin, harm_factor)
