@@ -41,10 +41,13 @@ def loss_scale(own: Floats, loss_unit: float = LOSS_UNIT) -> float:
     text, so 10 % of it was 0.3 nats, a 35 % perplexity increase, and a sign-flipped LoRA B (its round's
     update reversed, 0.15 nats worse than where the round started) passed validation at every honest
     peer in round 1 (docs/llm.md)."""
+    return 1.0 if are_f1(own) else loss_unit
+
+
+def are_f1(own: Floats) -> bool:
+    """Whether our scores are F1 (every finite one in [0, 1]) rather than minus a loss."""
     finite = own[np.isfinite(own)]
-    if finite.size == 0 or ((finite >= 0.0) & (finite <= 1.0)).all():
-        return 1.0
-    return loss_unit
+    return bool(finite.size == 0 or ((finite >= 0.0) & (finite <= 1.0)).all())
 
 
 def integrate(
@@ -100,7 +103,7 @@ def integrate(
     own_delta = own_drop.mean(axis=1)
     scale = loss_scale(s[0], loss_unit)
     tolerance = floor_margin * scale
-    if relative_floor > 0 and scale == 1.0:  # F1 scores; a loss has no natural zero to be relative to
+    if relative_floor > 0 and are_f1(s[0]):  # a loss has no natural zero to be relative to
         level = float(floor.mean())
         if np.isfinite(level):
             tolerance = min(tolerance, relative_floor * max(level, 0.0))
